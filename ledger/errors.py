@@ -1,0 +1,196 @@
+"""Errors raised by the ledger. Every rejected transaction raises a `LedgerError` subclass.
+
+Each class carries a stable machine-readable `code` (it goes into receipts and over the wire)
+and a message that says what was expected and what was found. A broken internal invariant is
+not a `LedgerError`: it raises AssertionError, because it means a bug, not a bad transaction.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger raises on purpose."""
+
+    code = "ledger_error"
+
+
+class InvalidTx(LedgerError):
+    """Transaction bytes that do not decode to a well-formed transaction."""
+
+    code = "invalid_tx"
+
+
+class BadSignature(LedgerError):
+    code = "bad_signature"
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"signature does not verify for sender {address}")
+        self.address = address
+
+
+class WrongChain(LedgerError):
+    code = "wrong_chain"
+
+    def __init__(self, expected: str, got: str) -> None:
+        super().__init__(f"transaction is for chain {got!r}, this chain is {expected!r}")
+        self.expected, self.got = expected, got
+
+
+class BadNonce(LedgerError):
+    code = "bad_nonce"
+
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__(f"nonce {got} is not the account's next nonce {expected}")
+        self.expected, self.got = expected, got
+
+
+class FeeTooLow(LedgerError):
+    code = "fee_too_low"
+
+    def __init__(self, minimum: int, got: int) -> None:
+        super().__init__(f"fee {got} is below the minimum fee {minimum}")
+        self.minimum, self.got = minimum, got
+
+
+class UnknownAccount(LedgerError):
+    code = "unknown_account"
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"no account {address}")
+        self.address = address
+
+
+class InsufficientBalance(LedgerError):
+    code = "insufficient_balance"
+
+    def __init__(self, needed: int, available: int) -> None:
+        super().__init__(f"needs {needed} but the balance is {available}")
+        self.needed, self.available = needed, available
+
+
+class AlreadyRegistered(LedgerError):
+    code = "already_registered"
+
+    def __init__(self, address: str, role: str) -> None:
+        super().__init__(f"{address} is already registered as {role}")
+        self.address, self.role = address, role
+
+
+class NotRegistered(LedgerError):
+    code = "not_registered"
+
+    def __init__(self, address: str, role: str) -> None:
+        super().__init__(f"{address} is not registered as {role}; send a register tx first")
+        self.address, self.role = address, role
+
+
+class UnknownValidator(LedgerError):
+    code = "unknown_validator"
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"no validator {address}")
+        self.address = address
+
+
+class CommissionTooHigh(LedgerError):
+    code = "commission_too_high"
+
+    def __init__(self, maximum: int, got: int) -> None:
+        super().__init__(f"commission {got} bps exceeds the maximum {maximum} bps")
+        self.maximum, self.got = maximum, got
+
+
+class CommissionMismatch(LedgerError):
+    code = "commission_mismatch"
+
+    def __init__(self, current: int, got: int) -> None:
+        super().__init__(f"commission is fixed at {current} bps by the first stake, tx says {got} bps")
+        self.current, self.got = current, got
+
+
+class InsufficientStake(LedgerError):
+    code = "insufficient_stake"
+
+    def __init__(self, needed: int, available: int) -> None:
+        super().__init__(f"needs {needed} bonded but only {available} is bonded")
+        self.needed, self.available = needed, available
+
+
+class UnknownDelegation(LedgerError):
+    code = "unknown_delegation"
+
+    def __init__(self, delegator: str, validator: str) -> None:
+        super().__init__(f"{delegator} has no delegation to {validator}")
+        self.delegator, self.validator = delegator, validator
+
+
+class SelfDelegation(LedgerError):
+    code = "self_delegation"
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"{address} cannot delegate to itself; use a stake tx")
+        self.address = address
+
+
+class TooManyUnbondings(LedgerError):
+    code = "too_many_unbondings"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"already {limit} unbonding entries for this delegator and validator (the limit)")
+        self.limit = limit
+
+
+class NotJailed(LedgerError):
+    code = "not_jailed"
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"validator {address} is not jailed")
+        self.address = address
+
+
+class StillJailed(LedgerError):
+    code = "still_jailed"
+
+    def __init__(self, until: int, height: int) -> None:
+        super().__init__(f"validator is jailed until height {until}, current height is {height}")
+        self.until, self.height = until, height
+
+
+class UnknownProposal(LedgerError):
+    code = "unknown_proposal"
+
+    def __init__(self, proposal_id: int) -> None:
+        super().__init__(f"no proposal {proposal_id}")
+        self.proposal_id = proposal_id
+
+
+class ProposalClosed(LedgerError):
+    code = "proposal_closed"
+
+    def __init__(self, proposal_id: int, status: str) -> None:
+        super().__init__(f"proposal {proposal_id} is closed (status {status})")
+        self.proposal_id, self.status = proposal_id, status
+
+
+class NoVotingPower(LedgerError):
+    code = "no_voting_power"
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"{address} has no bonded stake, so no vote to cast")
+        self.address = address
+
+
+class InvalidParams(LedgerError):
+    """A parameter set (or a proposed change to one) that breaks a bound."""
+
+    code = "invalid_params"
+
+
+class InvalidGenesis(LedgerError):
+    code = "invalid_genesis"
+
+
+class InvalidBlock(LedgerError):
+    """Block data that the caller (consensus) should never pass: wrong height, time going back."""
+
+    code = "invalid_block"

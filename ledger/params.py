@@ -1,0 +1,104 @@
+"""Ledger parameters: every tunable number of the state machine, all integers, all governable.
+
+Rates are basis points (1 bps = 1/10_000). Durations are in blocks. A `Params` is immutable;
+governance replaces it as a whole through `Params.with_changes`, which validates the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from ledger.errors import InvalidParams
+
+BPS = 10_000
+
+# Inclusive bounds for each parameter; a value outside them is refused at genesis and by governance.
+BOUNDS: dict[str, tuple[int, int]] = {
+    "min_fee": (0, 10**12),
+    "registration_burn": (0, 10**15),
+    "max_commission_bps": (0, BPS),
+    "unbonding_blocks": (1, 10**8),
+    "max_unbonding_entries": (1, 100),
+    "double_sign_slash_bps": (0, BPS),
+    "jail_blocks": (0, 10**8),
+    "evidence_max_age_blocks": (1, 10**8),
+    "max_validators": (1, 1_000),
+    "power_reduction": (1, 10**15),
+    "gov_voting_blocks": (1, 10**8),
+    "gov_quorum_bps": (1, BPS),
+    "gov_threshold_bps": (0, BPS - 1),
+    "gov_deposit": (0, 10**15),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Parameters in force. Field meanings:
+
+    min_fee: smallest fee a tx may pay. registration_burn: burned by each register tx.
+    max_commission_bps: ceiling on a validator's commission. unbonding_blocks: delay before
+    unstaked or undelegated tokens return. max_unbonding_entries: per (owner, validator) pair.
+    double_sign_slash_bps: share of self-stake, delegations and young unbonding entries burned
+    on duplicate-vote evidence. jail_blocks: how long a slashed validator stays jailed.
+    evidence_max_age_blocks: older evidence is ignored (must not exceed unbonding_blocks, or
+    stake could escape before it is slashed). max_validators: size of the active set.
+    power_reduction: voting power = bonded stake // power_reduction. gov_voting_blocks: voting
+    period. gov_quorum_bps: share of all bonded stake that must vote. gov_threshold_bps: a
+    proposal passes when yes * 10_000 > threshold * (yes + no). gov_deposit: taken from the
+    proposer, refunded when the vote reaches quorum, burned otherwise.
+    """
+
+    min_fee: int = 1
+    registration_burn: int = 1_000
+    max_commission_bps: int = 5_000
+    unbonding_blocks: int = 100
+    max_unbonding_entries: int = 7
+    double_sign_slash_bps: int = 500
+    jail_blocks: int = 1_000
+    evidence_max_age_blocks: int = 100
+    max_validators: int = 100
+    power_reduction: int = 1
+    gov_voting_blocks: int = 100
+    gov_quorum_bps: int = 3_340
+    gov_threshold_bps: int = 5_000
+    gov_deposit: int = 10_000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InvalidParams(f"param {f.name} must be an integer, got {type(value).__name__}")
+            lo, hi = BOUNDS[f.name]
+            if not lo <= value <= hi:
+                raise InvalidParams(f"param {f.name}={value} is outside [{lo}, {hi}]")
+        if self.evidence_max_age_blocks > self.unbonding_blocks:
+            raise InvalidParams(
+                f"evidence_max_age_blocks ({self.evidence_max_age_blocks}) must not exceed "
+                f"unbonding_blocks ({self.unbonding_blocks})"
+            )
+
+    def to_dict(self) -> dict[str, int]:
+        """Plain dict with keys in sorted order (canonical)."""
+        return dict(sorted(asdict(self).items()))
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Params:
+        """Strict: unknown keys are refused; missing keys take their defaults."""
+        if not isinstance(raw, dict):
+            raise InvalidParams(f"params must be a map, got {type(raw).__name__}")
+        unknown = sorted(str(k) for k in raw if k not in BOUNDS)
+        if unknown:
+            raise InvalidParams(f"unknown params: {', '.join(unknown)}")
+        return cls(**raw)
+
+    def with_changes(self, changes: dict[str, int]) -> Params:
+        """A new Params with `changes` applied; raises InvalidParams on any unknown name or bad value."""
+        unknown = sorted(k for k in changes if k not in BOUNDS)
+        if unknown:
+            raise InvalidParams(f"unknown params: {', '.join(unknown)}")
+        return replace(self, **changes)
+
+
+PARAM_NAMES: tuple[str, ...] = tuple(sorted(BOUNDS))
+assert set(PARAM_NAMES) == {f.name for f in fields(Params)}, "BOUNDS and Params must list the same names"

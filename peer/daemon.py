@@ -1,0 +1,237 @@
+"""The peer daemon: one trio nursery that owns every task of a running peer.
+
+`Peer.serve` starts, in order, the libp2p transport, the gossip node, the bootstrap dialer,
+one drain task per gossip topic (feeding the received log) and the local HTTP API, then
+reports a `RunInfo`. `run_daemon` adds what a process needs around it: config and key
+loading, logging, the home lock, run.json, the start-up banner, and SIGINT/SIGTERM handling
+(first signal: cancel the root nursery and shut down cleanly with exit code 0; second
+signal: exit at once).
+
+Error handling: problems the operator can fix (port in use, bad config, unreadable key)
+surface as `PeerError` with one readable line; anything else propagates.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import time
+from typing import Any
+
+import psutil
+import trio
+from gossip.dialer import Dialer
+from prometheus_client import CollectorRegistry
+
+from gossip.errors import GossipError
+from gossip.identity import Identity
+from gossip.libp2p_transport import Libp2pTransport
+from gossip.node import GossipNode
+from gossip.topics import TOPIC_CONSENSUS, TOPIC_TASKS, TOPIC_TX, TOPIC_VOTES
+from peer.api import ApiApp, serve_api
+from peer.config import Config
+from peer.errors import PeerError
+from peer.home import Home, RunInfo, daemon_lock, remove_run_info, write_run_info
+from peer.logs import configure_logging, get_logger
+from peer.metrics import PeerMetrics
+from peer.received import ReceivedLog
+from peer.version import __version__
+
+# Short names used by the API and the CLI ("tasks") for the gossip topics.
+TOPICS: dict[str, str] = {
+    "tx": TOPIC_TX,
+    "consensus": TOPIC_CONSENSUS,
+    "tasks": TOPIC_TASKS,
+    "votes": TOPIC_VOTES,
+}
+JOIN_HINT = "to connect other peers use: --bootstrap"
+
+
+def dialable_addrs(addrs: list[str]) -> list[str]:
+    """Replace wildcard hosts (0.0.0.0, ::) by this machine's interface addresses."""
+    out: list[str] = []
+    for addr in addrs:
+        parts = addr.split("/")  # ["", "ip4", "0.0.0.0", "tcp", "4001", "p2p", id]
+        if len(parts) > 2 and parts[1] in ("ip4", "ip6") and ipaddress.ip_address(parts[2]).is_unspecified:
+            family = 4 if parts[1] == "ip4" else 6
+            for ip in _interface_ips(family):
+                out.append("/".join([*parts[:2], ip, *parts[3:]]))
+        else:
+            out.append(addr)
+    # Loopback last: the first address is the one printed in the join hint.
+    return sorted(dict.fromkeys(out), key=lambda a: "/127." in a or "/::1/" in a)
+
+
+def _interface_ips(family: int) -> list[str]:
+    ips = []
+    for nics in psutil.net_if_addrs().values():
+        for nic in nics:
+            try:
+                ip = ipaddress.ip_address(nic.address.split("%")[0])
+            except ValueError:
+                continue
+            if ip.version == family and not ip.is_link_local:
+                ips.append(str(ip))
+    return ips
+
+
+class Peer:
+    """A running peer's components and the read-only view the API needs (`api.PeerView`)."""
+
+    def __init__(self, config: Config, identity: Identity, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.identity = identity
+        self.peer_id = identity.peer_id
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.log = get_logger("hivemesh.peer", peer_id=self.peer_id)
+        self.transport = Libp2pTransport(identity, listen=list(config.listen))
+        self.node = GossipNode(self.transport, identity, self.registry, sync_interval=config.sync_interval)
+        self.dialer = Dialer(self.transport, list(config.bootstrap))
+        self.metrics = PeerMetrics(self.registry, lambda: len(self.transport.connected_peers()))
+        self.received_logs = {name: ReceivedLog(name) for name in TOPICS}
+        for name, log in self.received_logs.items():
+            self.metrics.received.labels(topic=name).set_function(lambda log=log: float(len(log)))
+        self.api_address: str | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[RunInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every component until cancelled; `nursery.start` returns the RunInfo once all are up."""
+        channels = {name: self.node.subscribe(topic) for name, topic in TOPICS.items()}
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.transport.serve)
+            await nursery.start(self.node.serve)
+            await nursery.start(self.dialer.serve)
+            for name, channel in channels.items():
+                nursery.start_soon(self.received_logs[name].drain, channel, name=f"received-log:{name}")
+            api = ApiApp(self, self.log.bind(component="api"))
+            self.api_address = await nursery.start(serve_api, api, self.config.api_listen)
+            task_status.started(
+                RunInfo(
+                    pid=os.getpid(),
+                    peer_id=self.peer_id,
+                    listen=self.transport.listen_addrs(),
+                    api=self.api_address,
+                    version=__version__,
+                    started_at=time.time(),
+                )
+            )
+
+    # --- api.PeerView -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        listen = self.transport.listen_addrs()
+        return {
+            "peer_id": self.peer_id,
+            "version": __version__,
+            "listen": listen,
+            "dialable": dialable_addrs(listen),
+            "api": self.api_address,
+            "connected_peers": sorted(self.transport.connected_peers()),
+            "bootstrap": self.dialer.status(),
+            "uptime_s": round(self.metrics.uptime_seconds(), 3),
+            "gossip": self.node.stats(),
+            "received": {name: len(log) for name, log in self.received_logs.items()},
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        scores = self.node.scores.snapshot()
+        return [
+            {"peer_id": p, "score": scores.get(p, 0.0), "banned": self.node.scores.is_banned(p)}
+            for p in sorted(self.transport.connected_peers())
+        ]
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
+    def topic_names(self) -> list[str]:
+        return list(TOPICS)
+
+    async def publish(self, topic: str, kind: str, body: Any) -> dict[str, Any]:
+        envelope = await self.node.publish(TOPICS[topic], kind, body)
+        self.log.info(
+            "published", topic=topic, kind=kind, msg_id=envelope.msg_id.hex()[:16], seq=envelope.seq
+        )
+        return {"msg_id": envelope.msg_id.hex(), "topic": topic, "kind": kind, "seq": envelope.seq}
+
+    def received(self, topic: str, since: int, limit: int) -> list[dict[str, Any]]:
+        return self.received_logs[topic].since(since, limit)
+
+
+def run_daemon(home: Home, config: Config, identity: Identity) -> None:
+    """Run a peer in this process until SIGINT/SIGTERM. Raises PeerError for operator errors."""
+    with daemon_lock(home):
+        try:
+            trio.run(_main, home, config, identity)
+        finally:
+            remove_run_info(home, os.getpid())
+
+
+async def _main(home: Home, config: Config, identity: Identity) -> None:
+    configure_logging(config.log_level, config.log_format)
+    log = get_logger("hivemesh.peer", peer_id=identity.peer_id)
+    try:
+        await _run_until_signal(home, config, identity, log)
+    except BaseExceptionGroup as group:
+        error = _operator_error(group)
+        if error is None:
+            raise
+        log.error("peer failed", error=str(error), exc_info=group)
+        raise error from None
+    log.info("peer stopped")
+
+
+async def _run_until_signal(home: Home, config: Config, identity: Identity, log: Any) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+            root = trio.CancelScope()
+            outer.start_soon(_watch_signals, signals, root, log)
+            try:
+                with root:
+                    async with trio.open_nursery() as nursery:
+                        peer = Peer(config, identity)
+                        info = await nursery.start(peer.serve)
+                        write_run_info(home, info)
+                        _announce(info, log)
+            finally:
+                outer.cancel_scope.cancel()
+
+
+async def _watch_signals(signals: Any, root: trio.CancelScope, log: Any) -> None:
+    count = 0
+    async for signum in signals:
+        count += 1
+        if count == 1:
+            log.info("shutting down", signal=signal.Signals(signum).name)
+            root.cancel()
+        else:
+            log.warning("second signal, exiting immediately", signal=signal.Signals(signum).name)
+            os._exit(1)
+
+
+def _announce(info: RunInfo, log: Any) -> None:
+    addrs = dialable_addrs(info.listen)
+    lines = [f"hivemesh {info.version} peer {info.peer_id} running (pid {info.pid})"]
+    lines += [f"  listening on {addr}" for addr in info.listen]
+    lines.append(f"  api: http://{info.api}")
+    if addrs:
+        lines.append(f"{JOIN_HINT} {addrs[0]}")
+    print("\n".join(lines), flush=True)
+    log.info(
+        "peer started", listen=info.listen, api=info.api, join=f"--bootstrap {addrs[0]}" if addrs else None
+    )
+
+
+def _operator_error(group: BaseExceptionGroup) -> PeerError | None:
+    """The first error in `group` an operator can act on, as one readable PeerError."""
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif isinstance(exc, PeerError):
+            return exc
+        elif isinstance(exc, OSError):
+            return PeerError(f"peer stopped: {exc} (check the --listen and --api addresses)")
+        elif isinstance(exc, GossipError):
+            return PeerError(f"peer stopped: {exc}")
+    return None

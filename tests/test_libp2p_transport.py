@@ -1,0 +1,298 @@
+"""Libp2pTransport against real py-libp2p hosts on loopback (several hosts in one process)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import multiaddr
+import pytest
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+
+from gossip.errors import DialError, MessageTooLarge, ProtocolNotSupported, StreamBroken
+from gossip.framing import read_frame, write_frame
+from gossip.identity import Identity
+from gossip.libp2p_transport import Libp2pTransport
+from gossip.transport import MAX_GOSSIP_BYTES, ByteStream, GossipMessage, Verdict
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+TOPIC = "hivemesh/test/1"
+ECHO = "/hivemesh/test-echo/1"
+
+
+@asynccontextmanager
+async def serving(count: int) -> AsyncIterator[list[Libp2pTransport]]:
+    """count transports listening on loopback; all stopped on exit."""
+    async with trio.open_nursery() as nursery:
+        transports = [Libp2pTransport(Identity.generate()) for _ in range(count)]
+        for t in transports:
+            await nursery.start(t.serve)
+        yield transports
+        nursery.cancel_scope.cancel()
+
+
+def port_of(addr: str) -> int:
+    return int(multiaddr.Multiaddr(addr).value_for_protocol("tcp"))
+
+
+def addr_for(port: int, peer_id: str) -> str:
+    return f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}"
+
+
+async def receive_data(channel: trio.MemoryReceiveChannel[GossipMessage], timeout: float = 5.0) -> GossipMessage:
+    """Next message that is not a mesh probe."""
+    with trio.fail_after(timeout):
+        while True:
+            msg = await channel.receive()
+            if not msg.data.startswith(b"probe"):
+                return msg
+
+
+async def until_mesh_delivers(
+    publisher: Libp2pTransport, channel: trio.MemoryReceiveChannel[GossipMessage]
+) -> None:
+    """Publish probes until one arrives: the mesh path exists (no sleeps, no internals)."""
+    with trio.fail_after(10):
+        for i in range(1000):
+            await publisher.publish(TOPIC, b"probe%d" % i)
+            with trio.move_on_after(0.2):
+                while not (await channel.receive()).data.startswith(b"probe"):
+                    pass
+                return
+
+
+async def test_peer_id_and_listen_addrs_match_identity() -> None:
+    async with serving(1) as [a]:
+        [addr] = a.listen_addrs()
+        assert addr.endswith(f"/p2p/{a.identity.peer_id}")
+        assert a.peer_id == a.identity.peer_id
+        assert port_of(addr) > 0
+
+
+async def test_line_of_three_relays_gossip_and_names_forwarder() -> None:
+    async with serving(3) as [a, b, c]:
+        subs = {t.peer_id: await t.subscribe(TOPIC) for t in (a, b, c)}
+        assert await a.connect(b.listen_addrs()[0]) == b.peer_id
+        assert await c.connect(b.listen_addrs()[0]) == b.peer_id
+        assert set(b.connected_peers()) == {a.peer_id, c.peer_id}
+        assert c.connected_peers() == [b.peer_id]  # no direct A-C link: C can only hear A via B
+        await until_mesh_delivers(a, subs[c.peer_id])
+
+        await a.publish(TOPIC, b"hello mesh")
+        at_c = await receive_data(subs[c.peer_id])
+        assert at_c == GossipMessage(TOPIC, b"hello mesh", forwarder=b.peer_id)
+        at_a = await receive_data(subs[a.peer_id])
+        assert at_a == GossipMessage(TOPIC, b"hello mesh", forwarder=a.peer_id)  # our own publish
+
+
+async def test_validator_reject_drops_message_at_relay() -> None:
+    async with serving(3) as [a, b, c]:
+        seen_by_b: list[GossipMessage] = []
+
+        def b_validator(msg: GossipMessage) -> Verdict:
+            seen_by_b.append(msg)
+            return Verdict.REJECT if msg.data.startswith(b"bad") else Verdict.ACCEPT
+
+        b.set_validator(b_validator)
+        sub_b, sub_c = await b.subscribe(TOPIC), await c.subscribe(TOPIC)
+        await a.subscribe(TOPIC)
+        await a.connect(b.listen_addrs()[0])
+        await c.connect(b.listen_addrs()[0])
+        await until_mesh_delivers(a, sub_c)
+
+        await a.publish(TOPIC, b"bad message")
+        await a.publish(TOPIC, b"good message")
+        # One ordered path A->B->C: had B passed the bad one, C would get it first.
+        assert (await receive_data(sub_c)).data == b"good message"
+        assert (await receive_data(sub_b)).data == b"good message"
+        assert any(m.data == b"bad message" and m.forwarder == a.peer_id for m in seen_by_b)
+
+
+async def test_validator_that_raises_rejects_and_node_keeps_working() -> None:
+    async with serving(2) as [a, b]:
+        def explode(msg: GossipMessage) -> Verdict:
+            if msg.data == b"boom":
+                raise RuntimeError("validator bug")
+            return Verdict.ACCEPT
+
+        b.set_validator(explode)
+        sub_b = await b.subscribe(TOPIC)
+        await a.subscribe(TOPIC)
+        await a.connect(b.listen_addrs()[0])
+        await until_mesh_delivers(a, sub_b)
+        await a.publish(TOPIC, b"boom")
+        await a.publish(TOPIC, b"after")
+        assert (await receive_data(sub_b)).data == b"after"
+
+
+async def test_publish_over_limit_raises_message_too_large() -> None:
+    async with serving(1) as [a]:
+        with pytest.raises(MessageTooLarge):
+            await a.publish(TOPIC, b"x" * (MAX_GOSSIP_BYTES + 1))
+
+
+async def echo_frames(stream: ByteStream) -> None:
+    while True:
+        try:
+            frame = await read_frame(stream, timeout=5)
+        except StreamBroken:  # the client half-closed: we are done
+            return
+        await write_frame(stream, b"echo:" + frame)
+
+
+async def test_stream_round_trip_with_framing_and_half_close() -> None:
+    async with serving(2) as [a, b]:
+        b.set_stream_handler(ECHO, echo_frames)
+        await a.connect(b.listen_addrs()[0])
+        stream = await a.open_stream(b.peer_id, ECHO, timeout=5)
+        assert stream.remote_peer == b.peer_id
+        big = bytes(range(256)) * 4096  # 1 MiB: many Yamux frames
+        for payload in (b"one", b"", big):
+            await write_frame(stream, payload)
+            assert await read_frame(stream, timeout=5) == b"echo:" + payload
+        await stream.send_eof()
+        with trio.fail_after(5):
+            assert await stream.receive_some(100) == b""  # handler returned, stream closed
+        await stream.aclose()
+        await stream.aclose()  # idempotent
+
+
+async def test_stream_handler_registered_before_serve_and_crashing_handler_is_contained() -> None:
+    crashing = "/hivemesh/test-crash/1"
+
+    async def crash(stream: ByteStream) -> None:
+        await stream.receive_some(10)
+        raise RuntimeError("handler bug")
+
+    early = Libp2pTransport(Identity.generate())
+    early.set_stream_handler(ECHO, echo_frames)
+    early.set_stream_handler(crashing, crash)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(early.serve)
+        async with serving(1) as [a]:
+            await a.connect(early.listen_addrs()[0])
+            bad = await a.open_stream(early.peer_id, crashing, timeout=5)
+            await bad.send_all(b"hi")
+            with pytest.raises(StreamBroken):  # reset by the wrapper, not a hang or a host crash
+                await read_frame(bad, timeout=5)
+            await bad.aclose()
+            good = await a.open_stream(early.peer_id, ECHO, timeout=5)
+            await write_frame(good, b"still alive")
+            assert await read_frame(good, timeout=5) == b"echo:still alive"
+            await good.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_open_stream_for_unknown_protocol_raises_protocol_not_supported() -> None:
+    async with serving(2) as [a, b]:
+        await a.connect(b.listen_addrs()[0])
+        with pytest.raises(ProtocolNotSupported):
+            await a.open_stream(b.peer_id, "/hivemesh/nobody-speaks-this/1", timeout=5)
+
+
+async def test_open_stream_to_unreachable_peer_raises_dial_error() -> None:
+    async with serving(1) as [a]:
+        with pytest.raises(DialError):
+            await a.open_stream(Identity.generate().peer_id, ECHO, timeout=3)
+        with pytest.raises(DialError, match="not a peer id"):
+            await a.open_stream("not-a-peer", ECHO, timeout=3)
+
+
+async def test_bad_addresses_raise_clear_dial_errors() -> None:
+    async with serving(1) as [a]:
+        with pytest.raises(DialError, match="bad peer address"):
+            await a.connect("not a multiaddr")
+        with pytest.raises(DialError, match="bad peer address"):
+            await a.connect("/ip4/127.0.0.1/tcp/4001")  # no /p2p/<id>
+        with pytest.raises(DialError, match="own peer id"):
+            await a.connect(a.listen_addrs()[0])
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_dial_closed_port_fails_fast() -> None:
+    async with serving(1) as [a]:
+        start = time.monotonic()
+        with pytest.raises(DialError):
+            await a.connect(addr_for(closed_port(), Identity.generate().peer_id), timeout=10)
+        assert time.monotonic() - start < 5
+
+
+async def test_dial_black_hole_listener_times_out() -> None:
+    # The kernel completes the TCP handshake, but nobody ever speaks: libp2p alone hangs forever.
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)
+        async with serving(1) as [a]:
+            start = time.monotonic()
+            with pytest.raises(DialError, match="timed out"):
+                await a.connect(addr_for(hole.getsockname()[1], Identity.generate().peer_id), timeout=1.5)
+            assert time.monotonic() - start < 4
+
+
+async def test_dial_with_wrong_peer_id_fails() -> None:
+    async with serving(2) as [a, b]:
+        wrong = addr_for(port_of(b.listen_addrs()[0]), Identity.generate().peer_id)
+        with pytest.raises(DialError):
+            await a.connect(wrong, timeout=5)
+        assert a.connected_peers() == []
+        # the real id at the same address still works at once (no negative cache in the way)
+        assert await a.connect(b.listen_addrs()[0], timeout=5) == b.peer_id
+
+
+async def test_plaintext_only_dialer_is_refused() -> None:
+    keys = create_new_key_pair()
+    plain = new_host(key_pair=keys, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(keys)})
+    async with serving(1) as [a]:
+        async with plain.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            try:
+                with pytest.raises(Exception) as caught, trio.fail_after(10):
+                    await plain.connect(info_from_p2p_addr(multiaddr.Multiaddr(a.listen_addrs()[0])))
+                assert not isinstance(caught.value, trio.TooSlowError)  # refused, not ignored
+                assert a.connected_peers() == []
+            finally:
+                with trio.CancelScope(shield=True):
+                    await plain.close()
+
+
+async def test_disconnect_drops_the_connection() -> None:
+    async with serving(2) as [a, b]:
+        await a.connect(b.listen_addrs()[0])
+        await a.disconnect(b.peer_id)
+        await wait_until(lambda: a.connected_peers() == [] and b.connected_peers() == [], timeout=5)
+
+
+async def test_shutdown_releases_port_threads_and_closes_subscriptions() -> None:
+    threads_before = threading.active_count()
+    t = Libp2pTransport(Identity.generate())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(t.serve)
+        port = port_of(t.listen_addrs()[0])
+        sub = await t.subscribe(TOPIC)
+        assert threading.active_count() == threads_before + 1  # the seen-cache sweeper
+        nursery.cancel_scope.cancel()
+    assert t.listen_addrs() == [] and t.connected_peers() == []
+    with pytest.raises(OSError):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.aclose()
+    assert threading.active_count() == threads_before
+    with pytest.raises(trio.EndOfChannel):
+        await sub.receive()
+    # The same transport serves again (same identity, fresh host).
+    async with trio.open_nursery() as nursery:
+        await nursery.start(t.serve)
+        assert t.listen_addrs()[0].endswith(t.peer_id)
+        nursery.cancel_scope.cancel()
