@@ -1,10 +1,13 @@
 """Blob fetch throughput between two OS processes over real libp2p (TCP + Noise + Yamux) on loopback.
 
-The parent starts this same file as a child process (`serve`), which stores a random blob
-and serves it; the parent connects and fetches it into a fresh store, `--runs` times, and
-prints MB/s (MB = 10^6 bytes, as in notes/libp2p-measurements.md). Two times per run:
-"transfer" ends when the last chunk is verified and written, "fetch" when fetch() returns
-(after fsync and the rename into place). Nothing is asserted: it only reports.
+The parent starts this same file as a child process (`serve`) that stores a random blob and
+serves it; the parent connects and fetches it into a fresh store, `--runs` times, printing
+MB/s (MB = 10^6 bytes, as in notes/libp2p-measurements.md). Two times per fetch: "transfer"
+ends when the last chunk is verified and written, "fetch" when fetch() returns (after fsync
+and the rename into place). Before each fetch the same number of bytes also goes over a bare
+stream of the same connection (1 MiB writes from memory, the reader discards them): that is
+the ceiling of the transport on this machine at that moment, which matters on a shared box.
+Nothing is asserted: it only reports.
 
     .venv/bin/python benchmarks/blob_throughput.py [--size-mib 100] [--runs 3]
 """
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -29,13 +33,15 @@ import trio
 from gossip.blobs import BlobExchange, BlobStore
 from gossip.identity import Identity
 from gossip.libp2p_transport import Libp2pTransport
+from gossip.transport import ByteStream, PeerId
 
 MB = 1_000_000
 MiB = 1 << 20
 CHILD_START_TIMEOUT = 60.0
+RAW_PROTOCOL = "/hivemesh/bench-raw/1"
 
 
-# ---- child: serve one blob until stdin closes -------------------------------------------------
+# ---- child: serve one blob (and raw bytes) until stdin closes ---------------------------------
 
 
 async def serve(root: Path, size: int) -> None:
@@ -43,27 +49,45 @@ async def serve(root: Path, size: int) -> None:
     blob_id = store.put_bytes(os.urandom(size))
     transport = Libp2pTransport(Identity.generate())
     BlobExchange(transport, store)
+    payload = os.urandom(MiB)
+
+    async def send_raw(stream: ByteStream) -> None:
+        await stream.receive_some(16)  # "go"
+        for _ in range(size // MiB):
+            await stream.send_all(payload)
+        await stream.send_eof()
+
+    transport.set_stream_handler(RAW_PROTOCOL, send_raw)
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.serve)
-        print(json.dumps({"addr": transport.listen_addrs()[0], "blob_id": blob_id, "size": size}), flush=True)
+        print(json.dumps({"addr": transport.listen_addrs()[0], "blob_id": blob_id}), flush=True)
         # The parent closes our stdin when it is done (or dies): then we stop.
         await trio.to_thread.run_sync(sys.stdin.buffer.read, abandon_on_cancel=True)
         nursery.cancel_scope.cancel()
     store.close()
 
 
-# ---- parent: fetch it and time it -------------------------------------------------------------
+# ---- parent: time raw streams and fetches -----------------------------------------------------
 
 
-async def fetch_runs(
-    addr: str, blob_id: str, size: int, runs: int, work: Path, server_pid: int
-) -> list[tuple[float, float]]:
+@dataclass
+class Run:
+    raw: float  # seconds for the bare stream
+    transfer: float  # seconds until the last chunk was verified and written
+    fetch: float  # seconds until fetch() returned
+    cpu_fetcher: float
+    cpu_server: float
+
+
+async def timed_runs(addr: str, blob_id: str, size: int, runs: int, work: Path, server_pid: int) -> list[Run]:
     transport = Libp2pTransport(Identity.generate())
-    results: list[tuple[float, float]] = []
+    server_proc = psutil.Process(server_pid)
+    results: list[Run] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.serve)
         server = await transport.connect(addr)
         for run in range(runs):
+            raw = await time_raw_stream(transport, server, size)
             store = BlobStore(work / f"run{run}")
             exchange = BlobExchange(transport, store, timeout=30.0)
             last_chunk = 0.0
@@ -73,23 +97,35 @@ async def fetch_runs(
                 if done == total:
                     last_chunk = time.perf_counter()
 
-            server_proc = psutil.Process(server_pid)
             cpu0, scpu0, t0 = _cpu_seconds(), _cpu_of(server_proc), time.perf_counter()
             path = await exchange.fetch(blob_id, [server], progress=progress)
             t1, cpu1, scpu1 = time.perf_counter(), _cpu_seconds(), _cpu_of(server_proc)
             assert path.stat().st_size == size
-            transfer, total = last_chunk - t0, t1 - t0
-            results.append((transfer, total))
+            r = Run(raw, last_chunk - t0, t1 - t0, cpu1 - cpu0, scpu1 - scpu0)
+            results.append(r)
             print(
-                f"run {run + 1}: transfer {size / MB / transfer:6.1f} MB/s ({transfer:.3f} s), "
-                f"fetch incl. fsync {size / MB / total:6.1f} MB/s ({total:.3f} s), "
-                f"CPU seconds: fetcher {cpu1 - cpu0:.2f}, server {scpu1 - scpu0:.2f}",
+                f"run {run + 1}: bare stream {size / MB / r.raw:6.1f} MB/s | blob transfer "
+                f"{size / MB / r.transfer:6.1f} MB/s, fetch incl. fsync {size / MB / r.fetch:6.1f} MB/s "
+                f"({r.fetch:.2f} s; CPU s: fetcher {r.cpu_fetcher:.2f}, server {r.cpu_server:.2f})",
                 flush=True,
             )
             store.close()
             path.unlink()  # keep the disk footprint at one copy
         nursery.cancel_scope.cancel()
     return results
+
+
+async def time_raw_stream(transport: Libp2pTransport, server: PeerId, size: int) -> float:
+    stream = await transport.open_stream(server, RAW_PROTOCOL)
+    t0 = time.perf_counter()
+    await stream.send_all(b"go")
+    got = 0
+    while piece := await stream.receive_some(MiB):
+        got += len(piece)
+    elapsed = time.perf_counter() - t0
+    await stream.aclose()
+    assert got == size // MiB * MiB
+    return elapsed
 
 
 def _cpu_of(process: psutil.Process) -> float:
@@ -112,12 +148,10 @@ def run_parent(size: int, runs: int) -> None:
             text=True,
         )
         try:
-            assert child.stdout is not None and child.stdin is not None
-            hello = _read_line(child, CHILD_START_TIMEOUT)
-            info = json.loads(hello)
-            print(f"server process {child.pid} holds {size / MiB:.0f} MiB blob {info['blob_id'][:16]}...")
+            info = json.loads(_read_line(child, CHILD_START_TIMEOUT))
+            print(f"server process {child.pid} holds a {size / MiB:.0f} MiB blob {info['blob_id'][:16]}...")
             results = trio.run(
-                fetch_runs, info["addr"], info["blob_id"], size, runs, work / "client", child.pid
+                timed_runs, info["addr"], info["blob_id"], size, runs, work / "client", child.pid
             )
         finally:
             if child.stdin is not None:
@@ -127,12 +161,17 @@ def run_parent(size: int, runs: int) -> None:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-    transfers = [size / MB / t for t, _ in results]
-    fetches = [size / MB / t for _, t in results]
+
+    def median_rate(seconds: list[float]) -> float:
+        return size / MB / statistics.median(seconds)
+
+    raw = median_rate([r.raw for r in results])
+    transfer = median_rate([r.transfer for r in results])
+    fetch = median_rate([r.fetch for r in results])
     print(
-        f"blob {size / MiB:.0f} MiB, {runs} runs, Noise+Yamux over loopback, 2 processes: "
-        f"transfer median {statistics.median(transfers):.1f} MB/s (best {max(transfers):.1f}), "
-        f"fetch incl. fsync median {statistics.median(fetches):.1f} MB/s (best {max(fetches):.1f})"
+        f"median of {runs} runs, {size / MiB:.0f} MiB, Noise+Yamux on loopback, 2 processes: "
+        f"blob fetch {fetch:.1f} MB/s (transfer {transfer:.1f} MB/s) vs bare stream {raw:.1f} MB/s "
+        f"= {fetch / raw:.0%} of the transport ceiling"
     )
 
 

@@ -18,6 +18,7 @@ over; anything wrong is an ArchitectureError listing every problem found.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,7 +40,10 @@ class _Fields:
     """Collects every problem with a spec dict instead of stopping at the first one."""
 
     def __init__(self, spec: Mapping[str, Any], allowed: set[str]) -> None:
-        self.spec, self.problems = spec, [f"unknown field {k!r}" for k in sorted(set(spec) - allowed - {"arch"})]
+        self.spec, self.problems = (
+            spec,
+            [f"unknown field {k!r}" for k in sorted(set(spec) - allowed - {"arch"})],
+        )
 
     def int(self, key: str, lo: int = 1, hi: int = MAX_WIDTH, default: int | None = None) -> int:
         value = self.spec.get(key, default)
@@ -59,7 +63,9 @@ class _Fields:
         if value is None:
             self.problems.append(f"missing field {key!r}")
         else:
-            self.problems.append(f"{key!r} must be a list of {min_len}..{max_len} ints in [{lo}, {hi}], got {value!r}")
+            self.problems.append(
+                f"{key!r} must be a list of {min_len}..{max_len} ints in [{lo}, {hi}], got {value!r}"
+            )
         return [lo] * min_len
 
     def choice(self, key: str, options: Mapping[str, Any], default: str) -> str:
@@ -95,12 +101,12 @@ def _mlp_validate(f: _Fields) -> dict[str, Any]:
 
 def _mlp_params(s: Mapping[str, Any]) -> int:
     widths = [s["in"], *s["hidden"], s["out"]]
-    return sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+    return sum(a * b + b for a, b in itertools.pairwise(widths))
 
 
 def _mlp_build(s: Mapping[str, Any]) -> nn.Module:
     widths, layers = [s["in"], *s["hidden"], s["out"]], []
-    for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
             layers.append(_ACTIVATIONS[s["activation"]]())
@@ -137,13 +143,13 @@ def _cnn_geometry(s: Mapping[str, Any]) -> tuple[int, int]:
 def _cnn_params(s: Mapping[str, Any]) -> int:
     chans, k = [s["in_shape"][0], *s["channels"]], s["kernel"]
     h, w = _cnn_geometry(s)
-    convs = sum(a * b * k * k + b for a, b in zip(chans, chans[1:], strict=False))
+    convs = sum(a * b * k * k + b for a, b in itertools.pairwise(chans))
     return convs + chans[-1] * h * w * s["out"] + s["out"]
 
 
 def _cnn_build(s: Mapping[str, Any]) -> nn.Module:
     chans, k, layers = [s["in_shape"][0], *s["channels"]], s["kernel"], []
-    for a, b in zip(chans, chans[1:], strict=False):
+    for a, b in itertools.pairwise(chans):
         layers += [nn.Conv2d(a, b, k, stride=2, padding=k // 2), nn.ReLU()]
     h, w = _cnn_geometry(s)
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(chans[-1] * h * w, s["out"]))
@@ -228,9 +234,14 @@ class _Arch:
 
 ARCHITECTURES: dict[str, _Arch] = {
     "mlp": _Arch(_mlp_validate, _mlp_params, _mlp_build, lambda s: InputSignature((s["in"],), torch.float32)),
-    "cnn": _Arch(_cnn_validate, _cnn_params, _cnn_build, lambda s: InputSignature(tuple(s["in_shape"]), torch.float32)),
+    "cnn": _Arch(
+        _cnn_validate, _cnn_params, _cnn_build, lambda s: InputSignature(tuple(s["in_shape"]), torch.float32)
+    ),
     "transformer": _Arch(
-        _tf_validate, _tf_params, _tf_build, lambda s: InputSignature((None,), torch.int64, s["context"], s["vocab"])
+        _tf_validate,
+        _tf_params,
+        _tf_build,
+        lambda s: InputSignature((None,), torch.int64, s["context"], s["vocab"]),
     ),
 }
 _FIELDS = {

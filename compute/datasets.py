@@ -26,7 +26,7 @@ import torch
 
 from compute import canonical
 from compute.determinism import tensors_hash
-from compute.errors import DatasetError, HashMismatch, WeightsError
+from compute.errors import DatasetError, HashMismatch, InputError, WeightsError
 from compute.models import decode_weights, encode_weights
 
 MAX_ITEMS = 10_000_000
@@ -43,10 +43,15 @@ class Dataset:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.x.dtype not in (torch.float32, torch.int64) or self.y.dtype not in (torch.float32, torch.int64):
+        if self.x.dtype not in (torch.float32, torch.int64) or self.y.dtype not in (
+            torch.float32,
+            torch.int64,
+        ):
             problems.append(f"x and y must be float32 or int64, got {self.x.dtype} and {self.y.dtype}")
         if self.x.dim() < 1 or self.y.dim() < 1 or self.x.shape[0] != self.y.shape[0] or self.x.shape[0] < 1:
-            problems.append(f"x and y need the same number (>= 1) of items, got {list(self.x.shape)}, {list(self.y.shape)}")
+            problems.append(
+                f"x and y need the same number (>= 1) of items: {list(self.x.shape)}, {list(self.y.shape)}"
+            )
         if problems:
             raise DatasetError(problems)
 
@@ -119,8 +124,14 @@ class SyntheticClasses:
             raise DatasetError(problems)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"kind": "classes", "seed": self.seed, "size": self.size, "shape": list(self.shape),
-                "classes": self.classes, "noise": canonical.rational_str(self.noise)}  # fmt: skip
+        return {
+            "kind": "classes",
+            "seed": self.seed,
+            "size": self.size,
+            "shape": list(self.shape),
+            "classes": self.classes,
+            "noise": canonical.rational_str(self.noise),
+        }
 
     def generate(self) -> Dataset:
         g = torch.Generator().manual_seed(self.seed)
@@ -154,7 +165,13 @@ class SyntheticTokens:
             raise DatasetError(problems)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"kind": "tokens", "seed": self.seed, "size": self.size, "seq_len": self.seq_len, "vocab": self.vocab}
+        return {
+            "kind": "tokens",
+            "seed": self.seed,
+            "size": self.size,
+            "seq_len": self.seq_len,
+            "vocab": self.vocab,
+        }
 
     def generate(self) -> Dataset:
         g = torch.Generator().manual_seed(self.seed)
@@ -209,3 +226,24 @@ def resolve_dataset(ref: DatasetRef, supplied: Dataset | bytes | None = None) ->
     if dataset.hash != ref.hash:
         raise HashMismatch("dataset", ref.hash, dataset.hash)
     return dataset
+
+
+def encode_inputs(x: torch.Tensor) -> bytes:
+    """Inference inputs as canonical safetensors bytes holding one tensor, "x"."""
+    return encode_weights({"x": x})
+
+
+def inputs_hash(x: torch.Tensor) -> str:
+    """What `InferenceSpec.inputs_hash` commits to: the canonical tensor hash of {"x": x}."""
+    return tensors_hash({"x": x})
+
+
+def decode_inputs(data: bytes) -> torch.Tensor:
+    """Parse untrusted inference inputs (safetensors with exactly "x"). Raises InputError."""
+    try:
+        tensors = decode_weights(data, what="inputs")
+    except WeightsError as e:
+        raise InputError(e.problems) from e
+    if set(tensors) != {"x"}:
+        raise InputError(f"inputs must hold exactly one tensor 'x', got {sorted(tensors)}")
+    return tensors["x"]

@@ -76,7 +76,9 @@ def _enter(threads: int) -> None:
     global _depth, _pinned_threads, _saved
     with _lock:
         if _depth and threads != _pinned_threads:
-            raise DeterminismError(f"strict settings already pinned with {_pinned_threads} threads, not {threads}")
+            raise DeterminismError(
+                f"strict settings already pinned with {_pinned_threads} threads, not {threads}"
+            )
         if not _depth:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_WORKSPACE)
             _saved, _pinned_threads = _current(), threads

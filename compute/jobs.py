@@ -33,7 +33,10 @@ MAX_STEPS = 10_000_000
 MAX_BATCH = 1 << 16
 PRECISIONS = ("fp32", "bf16")
 LOSSES = ("cross_entropy", "mse")
-_OPTIMIZER_FIELDS = {"sgd": {"name", "lr", "momentum", "weight_decay"}, "adam": {"name", "lr", "betas", "eps", "weight_decay"}}
+_OPTIMIZER_FIELDS = {
+    "sgd": {"name", "lr", "momentum", "weight_decay"},
+    "adam": {"name", "lr", "betas", "eps", "weight_decay"},
+}
 
 
 def _int_problem(name: str, value: Any, lo: int, hi: int) -> list[str]:
@@ -94,21 +97,39 @@ class OptimizerSpec:
         return cls("adam", lr)  # type: ignore[arg-type]
 
     def to_wire(self) -> dict[str, Any]:
-        wire = {"name": self.name, "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
-                "betas": list(self.betas), "eps": self.eps}  # fmt: skip
+        wire = {
+            "name": self.name,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "betas": list(self.betas),
+            "eps": self.eps,
+        }
         return canonical.canonical({k: v for k, v in wire.items() if k in _OPTIMIZER_FIELDS[self.name]})
 
     @classmethod
     def from_wire(cls, obj: Any) -> OptimizerSpec:
         name = obj.get("name") if isinstance(obj, Mapping) else None
         if not isinstance(name, str) or name not in _OPTIMIZER_FIELDS:
-            raise JobSpecError(f"optimizer must be a map naming one of {sorted(_OPTIMIZER_FIELDS)}, got {obj!r}")
-        unknown = set(obj) - _OPTIMIZER_FIELDS[name]
-        if unknown or "lr" not in obj:
-            raise JobSpecError(f"{name} optimizer fields are {sorted(_OPTIMIZER_FIELDS[name])} (lr required)")
+            raise JobSpecError(
+                f"optimizer must be a map naming one of {sorted(_OPTIMIZER_FIELDS)}, got {obj!r}"
+            )
+        problems = [
+            f"unknown {name} optimizer field {k!r}" for k in sorted(set(obj) - _OPTIMIZER_FIELDS[name])
+        ]
+        if "lr" not in obj:
+            problems.append(f"{name} optimizer needs 'lr'")
+        if problems:
+            raise JobSpecError(problems)
         betas = obj.get("betas", cls.betas)
-        return cls(name, obj["lr"], obj.get("momentum", 0), obj.get("weight_decay", 0),
-                   tuple(betas) if isinstance(betas, list | tuple) else betas, obj.get("eps", cls.eps))  # fmt: skip
+        return cls(
+            name,
+            obj["lr"],
+            obj.get("momentum", 0),
+            obj.get("weight_decay", 0),
+            tuple(betas) if isinstance(betas, list | tuple) else betas,
+            obj.get("eps", cls.eps),
+        )
 
 
 def _check_common(spec: Any, problems: list[str]) -> None:
@@ -166,8 +187,15 @@ class InferenceSpec(_Spec):
             raise JobSpecError(problems)
 
     def to_wire(self) -> dict[str, Any]:
-        wire = {"v": VERSION, "kind": self.kind, "model_hash": self.model_hash, "inputs_hash": self.inputs_hash,
-                "batch_size": self.batch_size, "mode": self.mode, "precision": self.precision}  # fmt: skip
+        wire = {
+            "v": VERSION,
+            "kind": self.kind,
+            "model_hash": self.model_hash,
+            "inputs_hash": self.inputs_hash,
+            "batch_size": self.batch_size,
+            "mode": self.mode,
+            "precision": self.precision,
+        }
         if self.tolerance is not None:
             wire["tolerance"] = self.tolerance.to_wire()
         return canonical.canonical(wire)
@@ -207,10 +235,20 @@ class TrainingSpec(_Spec):
             raise JobSpecError(problems)
 
     def to_wire(self) -> dict[str, Any]:
-        wire = {"v": VERSION, "kind": self.kind, "model_hash": self.model_hash, "dataset": self.dataset.to_wire(),
-                "optimizer": self.optimizer.to_wire(), "steps": self.steps, "batch_size": self.batch_size,
-                "seed": self.seed, "checkpoint_every": self.checkpoint_every, "loss": self.loss,
-                "mode": self.mode, "precision": self.precision}  # fmt: skip
+        wire = {
+            "v": VERSION,
+            "kind": self.kind,
+            "model_hash": self.model_hash,
+            "dataset": self.dataset.to_wire(),
+            "optimizer": self.optimizer.to_wire(),
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "checkpoint_every": self.checkpoint_every,
+            "loss": self.loss,
+            "mode": self.mode,
+            "precision": self.precision,
+        }
         if self.tolerance is not None:
             wire["tolerance"] = self.tolerance.to_wire()
         return canonical.canonical(wire)
@@ -219,9 +257,21 @@ class TrainingSpec(_Spec):
 JobSpec = InferenceSpec | TrainingSpec
 _REQUIRED = {
     "inference": {"v", "kind", "model_hash", "inputs_hash", "batch_size", "mode", "precision"},
-    "training": {"v", "kind", "model_hash", "dataset", "optimizer", "steps", "batch_size", "seed",
-                 "checkpoint_every", "loss", "mode", "precision"},
-}  # fmt: skip
+    "training": {
+        "v",
+        "kind",
+        "model_hash",
+        "dataset",
+        "optimizer",
+        "steps",
+        "batch_size",
+        "seed",
+        "checkpoint_every",
+        "loss",
+        "mode",
+        "precision",
+    },
+}
 
 
 def job_from_wire(obj: Any) -> JobSpec:
@@ -231,20 +281,35 @@ def job_from_wire(obj: Any) -> JobSpec:
         raise JobSpecError(f"a job spec must be a map with 'kind' in {sorted(_REQUIRED)}")
     missing, unknown = _REQUIRED[kind] - set(obj), set(obj) - _REQUIRED[kind] - {"tolerance"}
     if missing or unknown:
-        raise JobSpecError([f"missing field {k!r}" for k in sorted(missing)] + [f"unknown field {k!r}" for k in sorted(unknown)])
+        raise JobSpecError(
+            [f"missing field {k!r}" for k in sorted(missing)]
+            + [f"unknown field {k!r}" for k in sorted(unknown)]
+        )
     if obj["v"] != VERSION:
         raise JobSpecError(f"unsupported job spec version {obj['v']!r}")
     tolerance = Tolerance.from_wire(obj["tolerance"]) if "tolerance" in obj else None
-    common = {"model_hash": obj["model_hash"], "batch_size": obj["batch_size"], "mode": obj["mode"],
-              "tolerance": tolerance, "precision": obj["precision"]}  # fmt: skip
+    common = {
+        "model_hash": obj["model_hash"],
+        "batch_size": obj["batch_size"],
+        "mode": obj["mode"],
+        "tolerance": tolerance,
+        "precision": obj["precision"],
+    }
     if kind == "inference":
         return InferenceSpec(inputs_hash=obj["inputs_hash"], **common)
     try:
         dataset = dataset_ref_from_wire(obj["dataset"])
     except DatasetError as e:
         raise JobSpecError([f"dataset: {p}" for p in e.problems]) from e
-    return TrainingSpec(dataset=dataset, optimizer=OptimizerSpec.from_wire(obj["optimizer"]), steps=obj["steps"],
-                        seed=obj["seed"], checkpoint_every=obj["checkpoint_every"], loss=obj["loss"], **common)  # fmt: skip
+    return TrainingSpec(
+        dataset=dataset,
+        optimizer=OptimizerSpec.from_wire(obj["optimizer"]),
+        steps=obj["steps"],
+        seed=obj["seed"],
+        checkpoint_every=obj["checkpoint_every"],
+        loss=obj["loss"],
+        **common,
+    )
 
 
 def decode_job(data: bytes) -> JobSpec:

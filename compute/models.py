@@ -99,7 +99,9 @@ def load_model(spec: Mapping[str, Any], weights: bytes | Mapping[str, torch.Tens
         ArchitectureError: the spec is invalid.
         WeightsError: the bytes are not safetensors, or names/shapes/dtypes do not match.
     """
-    tensors = decode_weights(weights) if isinstance(weights, bytes | bytearray | memoryview) else dict(weights)
+    tensors = (
+        decode_weights(weights) if isinstance(weights, bytes | bytearray | memoryview) else dict(weights)
+    )
     check_weights(spec, tensors)
     module = build_module(spec, device="meta")
     module.load_state_dict({k: v.detach().clone() for k, v in tensors.items()}, strict=True, assign=True)

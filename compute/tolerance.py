@@ -93,7 +93,9 @@ def _bad_rows(bad: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in rows.nonzero().flatten().tolist())
 
 
-def _compare_one(a: torch.Tensor, b: torch.Tensor, mode: str, tol: Tolerance) -> tuple[torch.Tensor, float, float]:
+def _compare_one(
+    a: torch.Tensor, b: torch.Tensor, mode: str, tol: Tolerance
+) -> tuple[torch.Tensor, float, float]:
     a64, b64 = a.detach().to("cpu", torch.float64), b.detach().to("cpu", torch.float64)
     diff = (a64 - b64).abs()
     scale = torch.maximum(a64.abs(), b64.abs())
@@ -107,7 +109,7 @@ def _compare_one(a: torch.Tensor, b: torch.Tensor, mode: str, tol: Tolerance) ->
     elif not a.is_floating_point():
         bad = ~same
     else:
-        bad = ~(same | (diff <= float(tol.atol) + float(tol.rtol) * scale))
+        bad = ~(same | (torch.isfinite(diff) & (diff <= float(tol.atol) + float(tol.rtol) * scale)))
     return bad, max_abs, max_rel
 
 
@@ -134,7 +136,9 @@ def compare_report(
     for name in sorted(ta):
         x, y = ta[name], tb[name]
         if x.dtype != y.dtype or x.shape != y.shape:
-            return Comparison(False, reason=f"{name!r}: {x.dtype} {list(x.shape)} vs {y.dtype} {list(y.shape)}")
+            return Comparison(
+                False, reason=f"{name!r}: {x.dtype} {list(x.shape)} vs {y.dtype} {list(y.shape)}"
+            )
         bad, abs_err, rel_err = _compare_one(x, y, mode, tol)
         max_abs, max_rel = max(max_abs, abs_err), max(max_rel, rel_err)
         if bool(bad.any()):

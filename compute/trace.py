@@ -7,13 +7,15 @@ a single checkpoint can later be proven against it with `CheckpointTrace.proof` 
 `verify_proof`, which is what dispute bisection needs.
 
 Tree: leaf = sha256(0x00 || msgpack([step, state_hash])), node = sha256(0x01 || left ||
-right); an odd node at the end of a level is carried up unchanged (never duplicated, so no
-two leaf lists share a root). The same tree commits to inference output batches.
+right); an odd node at the end of a level is carried up unchanged (never duplicated), and
+root = sha256(0x02 || leaf count as u64 || top node), so no two leaf lists share a root and
+a proof pins the number of leaves. The same tree commits to inference output batches.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,8 +57,13 @@ def _levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
     return levels
 
 
+def _seal(top: bytes, n_leaves: int) -> bytes:
+    return hashlib.sha256(b"\x02" + n_leaves.to_bytes(8, "big") + top).digest()
+
+
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
-    return _levels(leaves)[-1][0] if leaves else _EMPTY_ROOT
+    """The root: the tree's top node sealed with the leaf count, so a proof also fixes the count."""
+    return _seal(_levels(leaves)[-1][0], len(leaves)) if leaves else _EMPTY_ROOT
 
 
 def merkle_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
@@ -73,8 +80,10 @@ def merkle_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
 
 
 def verify_proof(root: bytes, leaf: bytes, index: int, n_leaves: int, proof: Sequence[bytes]) -> bool:
-    """True when `leaf` is leaf `index` of an `n_leaves`-leaf tree with this root. Never raises on bad input."""
-    if not (isinstance(index, int) and isinstance(n_leaves, int) and 0 <= index < n_leaves <= MAX_CHECKPOINTS):
+    """True when `leaf` is leaf `index` of an `n_leaves`-leaf tree with this root. Never raises."""
+    if not (
+        isinstance(index, int) and isinstance(n_leaves, int) and 0 <= index < n_leaves <= MAX_CHECKPOINTS
+    ):
         return False
     node, width, used = leaf, n_leaves, 0
     while width > 1:
@@ -85,7 +94,7 @@ def verify_proof(root: bytes, leaf: bytes, index: int, n_leaves: int, proof: Seq
             node = _node(proof[used], node) if index % 2 else _node(node, proof[used])
             used += 1
         index, width = index // 2, (width + 1) // 2
-    return used == len(proof) and node == root
+    return used == len(proof) and _seal(node, n_leaves) == root
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,7 @@ class CheckpointTrace:
             if not isinstance(step, int) or isinstance(step, bool) or step < 0 or not canonical.is_hash(h):
                 problems.append(f"bad checkpoint ({step!r}, {h!r})")
                 break
-        if not problems and any(a[0] >= b[0] for a, b in zip(cps, cps[1:], strict=False)):
+        if not problems and any(a[0] >= b[0] for a, b in itertools.pairwise(cps)):
             problems.append("checkpoint steps must be strictly increasing")
         if problems:
             raise TraceError(problems)
@@ -152,7 +161,9 @@ class CheckpointTrace:
         return trace
 
 
-def verify_checkpoint(root: str, step: int, state_hash: str, index: int, n: int, proof: Sequence[bytes]) -> bool:
+def verify_checkpoint(
+    root: str, step: int, state_hash: str, index: int, n: int, proof: Sequence[bytes]
+) -> bool:
     """True when (step, state_hash) is checkpoint `index` of an `n`-checkpoint trace with `root`."""
     if not canonical.is_hash(root) or not canonical.is_hash(state_hash) or not isinstance(step, int):
         return False

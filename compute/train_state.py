@@ -28,13 +28,21 @@ def build_optimizer(spec: OptimizerSpec, params: Iterable[nn.Parameter]) -> torc
     """The torch optimizer a spec describes (single-tensor code path: the same on CPU and GPU)."""
     if spec.name == "sgd":
         return torch.optim.SGD(
-            params, lr=float(spec.lr), momentum=float(spec.momentum), weight_decay=float(spec.weight_decay),
+            params,
+            lr=float(spec.lr),
+            momentum=float(spec.momentum),
+            weight_decay=float(spec.weight_decay),
             foreach=False,
-        )  # fmt: skip
+        )
     return torch.optim.Adam(
-        params, lr=float(spec.lr), betas=(float(spec.betas[0]), float(spec.betas[1])), eps=float(spec.eps),
-        weight_decay=float(spec.weight_decay), foreach=False, fused=False,
-    )  # fmt: skip
+        params,
+        lr=float(spec.lr),
+        betas=(float(spec.betas[0]), float(spec.betas[1])),
+        eps=float(spec.eps),
+        weight_decay=float(spec.weight_decay),
+        foreach=False,
+        fused=False,
+    )
 
 
 def capture(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -119,4 +127,6 @@ def initial_state(model: Model) -> dict[str, torch.Tensor]:
 def weights_of(state: bytes | Mapping[str, torch.Tensor]) -> bytes:
     """Safetensors bytes of just the weights in a state (loadable with `load_model`)."""
     tensors = decode_state(state) if isinstance(state, bytes) else state
-    return encode_weights({k.removeprefix(MODEL_PREFIX): v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)})
+    return encode_weights(
+        {k.removeprefix(MODEL_PREFIX): v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    )

@@ -1,30 +1,19 @@
-"""Fetch and serve content-addressed blobs over "/hivemesh/blob/1" streams.
+"""Fetch blobs from peers into a BlobStore, and serve ours (gossip.blobserver) to them.
 
-Wire protocol. Every frame is `u32 big-endian length of the rest | u8 tag | body`: tag 1 is
-a msgpack control message, tag 2 the raw bytes of one chunk. On one stream the client sends
-one request at a time and reads its whole answer before the next:
+The wire protocol is in gossip.blobwire. The client checks the manifest against the id and
+every chunk against the manifest before writing it; a peer that sends anything wrong is
+reported through on_misbehaviour and the fetch moves on to the next peer. A refusal, a
+reset or a stall (no progress within `timeout`) also moves on, without a report. Verified
+chunks stay on disk (gossip.blobstore.PartialBlob), so the next peer, or a later call,
+only sends what is still missing.
 
-    {"op": "manifest", "id": <hex>}                       -> {"ok": True, "manifest": <bytes>}
-    {"op": "chunks", "id": <hex>, "start": i, "end": j}   -> chunk frames i .. j-1, in order
-    any request                                           -> {"ok": False, "code": ..., "msg": ...}
-
-An error may also stand in place of any chunk frame (the server lost its file mid-way).
-Codes: "not_found" and "unavailable" (the stream stays usable), "bad_request" and
-"too_large" (the server closes the stream after answering and reports the sender).
-
-The client checks the manifest against the id and every chunk against the manifest before
-writing it; a peer that sends anything wrong is reported through on_misbehaviour and the
-fetch moves on to the next peer. A refusal, a reset or a stall (no progress within
-`timeout`) also moves on, without a report. Verified chunks stay on disk (see
-gossip.blobstore.PartialBlob), so the next peer, or a later call, only sends what is missing.
-Hashing and disk I/O run in worker threads; the event loop only moves bytes.
+Chunks are requested in batches: one task reads frames off the stream while a second one
+hashes and writes them in a worker thread, so the event loop only moves bytes.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,37 +21,21 @@ from typing import Any, TypeVar
 
 import trio
 
-from gossip.blobstore import (
-    MAX_MANIFEST_BYTES,
-    BlobError,
-    BlobNotFound,
-    BlobStore,
-    Manifest,
-    PartialBlob,
-    check_blob_id,
-)
-from gossip.envelope import packb, unpackb
-from gossip.errors import DialError, InvalidMessage, StreamBroken
+from gossip import blobwire as wire
+from gossip.blobserver import BlobServer, BlobStats
+from gossip.blobstore import BlobError, BlobNotFound, BlobStore, Manifest, PartialBlob, check_blob_id
+from gossip.envelope import unpackb
+from gossip.errors import GossipError, InvalidMessage
 from gossip.transport import ByteStream, PeerId, Transport
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = "/hivemesh/blob/1"
-TAG_CONTROL = 1
-TAG_CHUNK = 2
+PROTOCOL = wire.PROTOCOL
 DEFAULT_TIMEOUT = 10.0
-MAX_REQUEST_BYTES = 4096
-MAX_ANSWER_BYTES = MAX_MANIFEST_BYTES + 4096
-MAX_CHUNKS_PER_REQUEST = 1024
 BATCH_CHUNKS = 16  # chunks per request: bounds how far a server runs ahead of a failover
 PIPELINE_DEPTH = 4  # chunks received but not yet verified and written
 FLUSH_BYTES = 32 << 20  # record progress (and start writeback) every this many bytes...
 FLUSH_SECONDS = 2.0  # ...or this often, whichever comes first
-CLOSE_TIMEOUT = 2.0
-SERVER_READ_AHEAD = 2  # chunks read from disk ahead of the one being sent
-_HEADER = struct.Struct(">IB")
-# What a stream raises when the peer resets, vanishes or stalls.
-_STREAM_ERRORS = (StreamBroken, trio.BrokenResourceError, trio.ClosedResourceError)
 
 R = TypeVar("R")
 Progress = Callable[[int, int], None]
@@ -85,23 +58,6 @@ class _PeerFailed(Exception):
         self.reason, self.misbehaved = reason, misbehaved
 
 
-class _BadRequest(Exception):
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
-@dataclass
-class BlobStats:
-    """Counters of one exchange (both roles), for metrics and tests."""
-
-    chunks_served: int = 0
-    bytes_served: int = 0
-    chunks_fetched: int = 0  # verified and written
-    bytes_fetched: int = 0
-    bad_chunks: int = 0
-
-
 @dataclass
 class _Download:
     """One fetch call: outlives each peer's attempt, so what one peer sent is kept for the next."""
@@ -122,17 +78,24 @@ class BlobExchange:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         io_threads: int = 8,
+        max_uploads: int = 16,
     ) -> None:
         self._transport = transport
         self._store = store
         self._on_misbehaviour = on_misbehaviour
         self._timeout = timeout
-        self._io = trio.CapacityLimiter(io_threads)
+        self._io = trio.CapacityLimiter(io_threads)  # hashing and disk I/O, both roles
         self._fetch_locks: dict[str, trio.Lock] = {}
         self.stats = BlobStats()
-        transport.set_stream_handler(PROTOCOL, self._serve_stream)
-
-    # ---- fetching ---------------------------------------------------------------------------
+        self.server = BlobServer(
+            store,
+            timeout=timeout,
+            in_thread=self._in_thread,
+            report=self._report,
+            stats=self.stats,
+            max_uploads=max_uploads,
+        )
+        transport.set_stream_handler(PROTOCOL, self.server.handle)
 
     async def fetch(self, blob_id: str, peers: list[PeerId], *, progress: Progress | None = None) -> Path:
         """Get the blob into the store (asking peers in order) and return its path.
@@ -172,6 +135,8 @@ class BlobExchange:
             manifest = await self._in_thread(self._store.partial_manifest, blob_id)
             if manifest is not None:  # resume a download an earlier call or process started
                 download.part = await self._in_thread(self._store.open_partial, manifest)
+                if download.part.complete:  # every chunk was on disk, only the rename was missing
+                    return await self._in_thread(download.part.finish)
             for peer in dict.fromkeys(peers):
                 try:
                     part = await self._fetch_from(peer, download)
@@ -180,7 +145,9 @@ class BlobExchange:
                     if e.misbehaved:
                         self._report(peer, e.reason)
                     continue
-                except (DialError, *_STREAM_ERRORS) as e:
+                except BlobError:
+                    raise  # our own disk or store, not the peer
+                except (GossipError, *wire.STREAM_ERRORS) as e:  # refused, unreachable, reset, stalled
                     reasons[peer] = str(e) or type(e).__name__
                     continue
                 log.debug("blob %s complete after %s", blob_id, peer)
@@ -207,11 +174,16 @@ class BlobExchange:
                 raise _main_failure(group) from None
             return part
         finally:
-            await _close_quietly(stream)
+            await wire.close_quietly(stream)
 
     async def _request_manifest(self, stream: ByteStream, blob_id: str) -> Manifest:
-        await _send(stream, _control_frame({"op": "manifest", "id": blob_id}), self._timeout)
-        answer = await self._read_answer(stream)
+        await wire.send(stream, wire.control_frame({"op": "manifest", "id": blob_id}), self._timeout)
+        tag, size = await self._read_header(stream)
+        if tag != wire.TAG_CONTROL:
+            raise _PeerFailed(f"answered a manifest request with a frame of tag {tag}", misbehaved=True)
+        answer = await self._read_control(stream, size)
+        if answer.get("ok") is not True:
+            raise _refusal(answer, "the manifest")
         data = answer.get("manifest")
         if not isinstance(data, bytes):
             raise _PeerFailed("answered a manifest request without manifest bytes", misbehaved=True)
@@ -230,21 +202,20 @@ class BlobExchange:
             async with send:
                 for start, end in _batches(part.missing(), BATCH_CHUNKS):
                     request = {"op": "chunks", "id": part.blob_id, "start": start, "end": end}
-                    await _send(stream, _control_frame(request), self._timeout)
+                    await wire.send(stream, wire.control_frame(request), self._timeout)
                     for index in range(start, end):
                         await send.send((index, await self._read_chunk(stream, part.manifest, index)))
 
     async def _read_chunk(self, stream: ByteStream, manifest: Manifest, index: int) -> bytearray:
-        tag, size = await _read_header(stream, self._timeout)
-        if tag == TAG_CONTROL:
+        tag, size = await self._read_header(stream)
+        if tag == wire.TAG_CONTROL:
             raise _refusal(await self._read_control(stream, size), f"chunk {index}")
-        if tag != TAG_CHUNK:
+        if tag != wire.TAG_CHUNK:
             raise _PeerFailed(f"sent a frame with unknown tag {tag}", misbehaved=True)
         if size != manifest.chunk_len(index):
-            raise _PeerFailed(
-                f"sent {size} bytes for chunk {index}, expected {manifest.chunk_len(index)}", misbehaved=True
-            )
-        return await _receive_exactly(stream, size, self._timeout)
+            why = f"sent {size} bytes for chunk {index}, expected {manifest.chunk_len(index)}"
+            raise _PeerFailed(why, misbehaved=True)
+        return await wire.receive_exactly(stream, size, self._timeout)
 
     async def _write_chunks(
         self,
@@ -264,9 +235,8 @@ class BlobExchange:
             async for index, data in receive:
                 if not await self._in_thread(part.write_chunk, index, data):
                     self.stats.bad_chunks += 1
-                    raise _PeerFailed(
-                        f"chunk {index} of blob {part.blob_id} does not match its hash", misbehaved=True
-                    )
+                    why = f"chunk {index} of blob {part.blob_id} does not match its hash"
+                    raise _PeerFailed(why, misbehaved=True)
                 self.stats.chunks_fetched += 1
                 self.stats.bytes_fetched += len(data)
                 if progress is not None:
@@ -277,145 +247,26 @@ class BlobExchange:
                     nursery.start_soon(flush)  # off the critical path: receiving goes on meanwhile
                     unflushed, last_flush = 0, trio.current_time()
 
-    async def _read_answer(self, stream: ByteStream) -> dict[str, Any]:
-        tag, size = await _read_header(stream, self._timeout)
-        if tag != TAG_CONTROL:
-            raise _PeerFailed(f"answered a request with a frame of tag {tag}", misbehaved=True)
-        answer = await self._read_control(stream, size)
-        if answer.get("ok") is not True:
-            raise _refusal(answer, "the manifest")
-        return answer
+    async def _read_header(self, stream: ByteStream) -> tuple[int, int]:
+        try:
+            header = await wire.read_header(stream, self._timeout)
+        except InvalidMessage as e:
+            raise _PeerFailed(f"sent a bad frame: {e}", misbehaved=True) from e
+        assert header is not None
+        return header
 
     async def _read_control(self, stream: ByteStream, size: int) -> dict[str, Any]:
-        if size > MAX_ANSWER_BYTES:
-            raise _PeerFailed(f"sent a {size}-byte control frame (limit {MAX_ANSWER_BYTES})", misbehaved=True)
-        body = await _receive_exactly(stream, size, self._timeout)
+        if size > wire.MAX_ANSWER_BYTES:
+            why = f"sent a {size}-byte control frame (limit {wire.MAX_ANSWER_BYTES})"
+            raise _PeerFailed(why, misbehaved=True)
+        body = await wire.receive_exactly(stream, size, self._timeout)
         try:
-            message = unpackb(bytes(body), max_bytes=MAX_ANSWER_BYTES)
+            message = unpackb(bytes(body), max_bytes=wire.MAX_ANSWER_BYTES)
         except InvalidMessage as e:
             raise _PeerFailed(f"sent a malformed answer: {e}", misbehaved=True) from e
         if not isinstance(message, dict):
             raise _PeerFailed("sent an answer that is not a map", misbehaved=True)
         return message
-
-    # ---- serving ----------------------------------------------------------------------------
-
-    async def _serve_stream(self, stream: ByteStream) -> None:
-        """Answer requests until the client closes; bad input gets an error frame, never a crash."""
-        peer = stream.remote_peer
-        try:
-            while True:
-                try:
-                    request = await self._read_request(stream)
-                    if request is None:
-                        return
-                    await self._answer(stream, request)
-                except _BadRequest as e:
-                    self._report(peer, f"bad blob request: {e.reason}")
-                    await _send(stream, _error_frame(e.code, e.reason), self._timeout)
-                    return
-        except _STREAM_ERRORS as e:
-            log.debug("blob stream from %s ended: %s", peer, e)
-        finally:
-            await _close_quietly(stream)
-
-    async def _read_request(self, stream: ByteStream) -> dict[str, Any] | None:
-        """The next request, None at a clean end of stream. Raises _BadRequest."""
-        header = await _receive(stream, _HEADER.size, self._timeout, eof_ok=True)
-        if header is None:
-            return None
-        length, tag = _HEADER.unpack(header)
-        if tag != TAG_CONTROL or length < 1:
-            raise _BadRequest("bad_request", f"expected a request frame (tag {TAG_CONTROL}), got tag {tag}")
-        if length - 1 > MAX_REQUEST_BYTES:
-            raise _BadRequest("too_large", f"request of {length - 1} bytes exceeds {MAX_REQUEST_BYTES}")
-        body = await _receive_exactly(stream, length - 1, self._timeout)
-        try:
-            request = unpackb(bytes(body), max_bytes=MAX_REQUEST_BYTES)
-        except InvalidMessage as e:
-            raise _BadRequest("bad_request", str(e)) from e
-        return _check_request(request)
-
-    async def _answer(self, stream: ByteStream, request: dict[str, Any]) -> None:
-        blob_id = request["id"]
-        try:
-            manifest = await self._in_thread(self._store.manifest, blob_id)
-        except BlobNotFound:
-            await _send(stream, _error_frame("not_found", f"blob {blob_id} is not here"), self._timeout)
-            return
-        if request["op"] == "manifest":
-            await _send(stream, _control_frame({"ok": True, "manifest": manifest.encode()}), self._timeout)
-            return
-        start, end = request["start"], request["end"]
-        if end > manifest.chunk_count:
-            raise _BadRequest(
-                "bad_request", f"chunks {start}..{end} out of range: blob has {manifest.chunk_count}"
-            )
-        await self._send_chunks(stream, blob_id, manifest, start, end)
-
-    async def _send_chunks(
-        self, stream: ByteStream, blob_id: str, manifest: Manifest, start: int, end: int
-    ) -> None:
-        """Stream chunks start..end-1; a reader task keeps the next ones ready while one is sent."""
-        try:
-            fd = await self._in_thread(_open_blob, self._store, blob_id)
-        except (BlobError, OSError) as e:
-            await _send(
-                stream, _error_frame("unavailable", f"cannot read blob {blob_id}: {e}"), self._timeout
-            )
-            return
-        frames, ready = trio.open_memory_channel[tuple[bytearray, int]](SERVER_READ_AHEAD)
-        broken: list[BaseException] = []
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_frames, frames, fd, blob_id, manifest, start, end)
-                try:
-                    async with ready:
-                        async for frame, size in ready:
-                            await _send(stream, frame, self._timeout)
-                            if size:
-                                self.stats.chunks_served += 1
-                                self.stats.bytes_served += size
-                except _STREAM_ERRORS as e:  # re-raised outside the nursery, unwrapped
-                    broken.append(e)
-                    nursery.cancel_scope.cancel()
-        finally:
-            os.close(fd)  # only now: no reader thread can be using it any more
-        if broken:
-            raise broken[0]
-
-    async def _read_frames(
-        self,
-        frames: trio.MemorySendChannel[tuple[bytearray, int]],
-        fd: int,
-        blob_id: str,
-        manifest: Manifest,
-        start: int,
-        end: int,
-    ) -> None:
-        """Chunk frames (frame, chunk size) in order; an error frame (size 0) ends them early."""
-        async with frames:
-            for index in range(start, end):
-                size = manifest.chunk_len(index)
-                frame = bytearray(_HEADER.size + size)  # header and data in one write: no copy, one frame
-                _HEADER.pack_into(frame, 0, size + 1, TAG_CHUNK)
-                offset = index * manifest.chunk_size
-                try:
-                    got = await self._in_thread(_pread_into, fd, frame, _HEADER.size, offset)
-                    problem = "" if got == size else f"file ends {got} bytes into it"
-                except OSError as e:
-                    problem = str(e)
-                if problem:
-                    why = f"cannot read chunk {index} of blob {blob_id}: {problem}"
-                    frame, size = bytearray(_error_frame("unavailable", why)), 0
-                try:
-                    await frames.send((frame, size))
-                except trio.BrokenResourceError:
-                    return  # the sender stopped: the stream broke
-                if not size:
-                    return
-
-    # ---- helpers ----------------------------------------------------------------------------
 
     def _report(self, peer: PeerId, reason: str) -> None:
         log.info("blob peer %s misbehaved: %s", peer, reason)
@@ -424,32 +275,6 @@ class BlobExchange:
 
     async def _in_thread(self, fn: Callable[..., R], *args: Any) -> R:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._io)
-
-
-def _check_request(request: object) -> dict[str, Any]:
-    if not isinstance(request, dict):
-        raise _BadRequest("bad_request", "request must be a map")
-    op = request.get("op")
-    try:
-        check_blob_id(request.get("id"))
-    except BlobError as e:
-        raise _BadRequest("bad_request", str(e)) from e
-    if op == "manifest" and set(request) == {"op", "id"}:
-        return request
-    if op == "chunks" and set(request) == {"op", "id", "start", "end"}:
-        start, end = request["start"], request["end"]
-        if not (_is_uint(start) and _is_uint(end) and start < end):
-            raise _BadRequest(
-                "bad_request", f"chunk range must be integers 0 <= start < end, got {start!r}..{end!r}"
-            )
-        if end - start > MAX_CHUNKS_PER_REQUEST:
-            raise _BadRequest("too_large", f"at most {MAX_CHUNKS_PER_REQUEST} chunks per request")
-        return request
-    raise _BadRequest("bad_request", f"unknown request {sorted(request)!r} (op {op!r})")
-
-
-def _is_uint(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _refusal(answer: dict[str, Any], what: str) -> _PeerFailed:
@@ -473,7 +298,7 @@ def _main_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
         return group  # only cancellation: let trio see it as it was
 
     def rank(e: BaseException) -> int:
-        if not isinstance(e, _PeerFailed | Exception) or isinstance(e, OSError | BlobError):
+        if not isinstance(e, Exception) or isinstance(e, OSError | BlobError):
             return 0
         return 1 if isinstance(e, _PeerFailed) and e.misbehaved else 2
 
@@ -489,78 +314,3 @@ def _batches(indices: list[int], limit: int) -> list[tuple[int, int]]:
         else:
             runs.append((i, i + 1))
     return runs
-
-
-def _control_frame(message: dict[str, Any]) -> bytes:
-    body = packb(message)
-    return _HEADER.pack(len(body) + 1, TAG_CONTROL) + body
-
-
-def _error_frame(code: str, msg: str) -> bytes:
-    return _control_frame({"ok": False, "code": code, "msg": msg})
-
-
-def _open_blob(store: BlobStore, blob_id: str) -> int:
-    return os.open(store.path(blob_id), os.O_RDONLY)
-
-
-def _pread_into(fd: int, buf: bytearray, at: int, offset: int) -> int:
-    """Fill buf[at:] from the file at offset; returns the bytes read (short only at end of file)."""
-    with memoryview(buf) as view:
-        filled = at
-        while filled < len(buf):
-            n = os.preadv(fd, [view[filled:]], offset + filled - at)
-            if n == 0:
-                break
-            filled += n
-    return filled - at
-
-
-async def _read_header(stream: ByteStream, timeout: float) -> tuple[int, int]:
-    """(tag, body size) of the next frame."""
-    length, tag = _HEADER.unpack(await _receive_exactly(stream, _HEADER.size, timeout))
-    if length < 1:
-        raise _PeerFailed("sent an empty frame", misbehaved=True)
-    return tag, length - 1
-
-
-async def _receive_exactly(stream: ByteStream, n: int, timeout: float) -> bytearray:
-    """Exactly n bytes within timeout, in one buffer. Raises StreamBroken on EOF or stall."""
-    buf = await _receive(stream, n, timeout, eof_ok=False)
-    assert buf is not None
-    return buf
-
-
-async def _receive(stream: ByteStream, n: int, timeout: float, *, eof_ok: bool) -> bytearray | None:
-    """As _receive_exactly, but None if eof_ok and the stream ends before the first byte."""
-    buf = bytearray(n)
-    filled = 0
-    try:
-        with trio.fail_after(timeout), memoryview(buf) as view:
-            while filled < n:
-                piece = await stream.receive_some(n - filled)
-                if not piece:
-                    if eof_ok and filled == 0:
-                        return None
-                    raise StreamBroken(f"stream from {stream.remote_peer} ended after {filled} of {n} bytes")
-                view[filled : filled + len(piece)] = piece
-                filled += len(piece)
-    except trio.TooSlowError as e:
-        raise StreamBroken(f"{stream.remote_peer} stalled: {filled} of {n} bytes in {timeout}s") from e
-    return buf
-
-
-async def _send(stream: ByteStream, data: bytes | bytearray, timeout: float) -> None:
-    try:
-        with trio.fail_after(timeout):
-            await stream.send_all(data)  # type: ignore[arg-type]  # bytearray: avoids a copy
-    except trio.TooSlowError as e:
-        raise StreamBroken(f"write to {stream.remote_peer} stalled for {timeout}s") from e
-
-
-async def _close_quietly(stream: ByteStream) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-        try:
-            await stream.aclose()
-        except _STREAM_ERRORS as e:
-            log.debug("closing blob stream to %s: %s", stream.remote_peer, e)

@@ -26,6 +26,7 @@ class _Target:
     peer_id: PeerId | None  # from the address when it names one, else learned on first connect
     last_error: str | None = None
     failures: int = 0
+    dialing: bool = False  # the transport may list the peer before the dial has finished
 
 
 def peer_id_in_address(addr: str) -> PeerId | None:
@@ -91,7 +92,7 @@ class Dialer:
             {
                 "addr": t.addr,
                 "peer_id": t.peer_id,
-                "connected": t.peer_id is not None and t.peer_id in connected,
+                "connected": not t.dialing and t.peer_id is not None and t.peer_id in connected,
                 "last_error": t.last_error,
             }
             for t in self._targets
@@ -108,6 +109,7 @@ class Dialer:
             await trio.sleep(self._backoff(target.failures))
 
     async def _dial(self, target: _Target) -> bool:
+        target.dialing = True
         try:
             peer_id = await self._transport.connect(target.addr, timeout=self._dial_timeout)
         except GossipError as e:  # DialError: refused, timed out, wrong identity, not serving
@@ -117,6 +119,8 @@ class Dialer:
             level = logging.INFO if target.failures == 1 else logging.DEBUG
             log.log(level, "bootstrap %s unreachable (attempt %d): %s", target.addr, target.failures, e)
             return False
+        finally:
+            target.dialing = False
         if peer_id == self._transport.peer_id:  # an address without an id that leads to us
             target.failures += 1
             target.last_error = "address leads to ourselves"

@@ -106,7 +106,7 @@ def _disable_auto_connect(host: IHost) -> None:
     async def never_connect() -> None:
         return None
 
-    connector.maybe_connect = never_connect
+    connector.maybe_connect = never_connect  # type: ignore[method-assign]
 
 
 def make_router() -> GossipSub:

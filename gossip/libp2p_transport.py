@@ -135,7 +135,7 @@ class Libp2pTransport:
                         raise GossipError(f"cannot listen on {addrs}: {e}") from e
                     if not host.get_transport_addrs():  # libp2p only logs a failed bind
                         await host.close()
-                        raise GossipError(f"cannot listen on {addrs} (address in use or not ours?)")
+                        raise GossipError(f"cannot listen on {addrs}: address in use or not a local address")
                     try:
                         await self._run_pubsub(host, pubsub, router, stop, task_status)
                     finally:
@@ -198,19 +198,26 @@ class Libp2pTransport:
         # A failed dial blocks the peer for 60 s; a restarted peer must be redialable at once.
         network.unblock_peer(info.peer_id)
         was_connected = bool(network.get_connections(info.peer_id))
+        if not was_connected:
+            # The swarm dials only one TCP address per peer, the first it knows: a stale one
+            # (the peer restarted on another port) would hide the address we were given.
+            running.host.get_peerstore().clear_addrs(info.peer_id)
+        done = False
         try:
             with trio.fail_after(timeout):  # a silent TCP listener would otherwise hang forever
                 await running.host.connect(info)
-                await running.pubsub.wait_for_peer(info.peer_id, timeout=timeout)
-        except Exception as e:  # SwarmDialAllFailedError (refused, wrong id, no Noise), OSError, timeout
-            if not was_connected:
-                # A dial cut short mid-upgrade can leave a connection on which no stream ever
-                # opens; it would look connected forever and never be redialled.
+                await _wait_for_gossip_peer(running, info.peer_id)
+            done = True
+        except trio.TooSlowError as e:
+            raise DialError(f"dial {addr} timed out after {timeout}s") from e
+        except Exception as e:  # SwarmDialAllFailedError (refused, wrong id, no Noise), OSError
+            raise DialError(f"dial {addr} failed: {type(e).__name__}: {e}") from e
+        finally:
+            if not done and not was_connected:
+                # A dial cut short mid-upgrade (timeout, cancellation) can leave a connection on
+                # which no stream ever opens: it would look connected and never be redialled.
                 with trio.CancelScope(shield=True):
                     await self.disconnect(peer)
-            if isinstance(e, trio.TooSlowError):
-                raise DialError(f"dial {addr} timed out after {timeout}s") from e
-            raise DialError(f"dial {addr} failed: {type(e).__name__}: {e}") from e
         return peer
 
     async def disconnect(self, peer: PeerId) -> None:
@@ -326,6 +333,18 @@ class Libp2pTransport:
         if self._running is None:
             raise DialError("transport is not serving; start it with `await nursery.start(t.serve)`")
         return self._running
+
+
+async def _wait_for_gossip_peer(running: _Running, peer_id: ID) -> None:
+    """Until pubsub has a stream to the peer (publishes reach it); fails if the connection drops."""
+    while True:
+        try:
+            await running.pubsub.wait_for_peer(peer_id, timeout=0.1)
+            return
+        except trio.TooSlowError:
+            # Dropped during set-up, the wait would otherwise last until the caller's deadline.
+            if not running.host.get_network().get_connections(peer_id):
+                raise DialError("connection closed during set-up") from None
 
 
 async def _close_connections(host: IHost) -> None:

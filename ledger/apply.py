@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ledger import accounts, governance, slashing, staking
 from ledger.errors import (
@@ -65,6 +66,17 @@ class Receipt:
     charged: bool  # fee paid and nonce bumped (False: the tx was excluded)
     fee: int  # fee paid (0 when excluded)
 
+    def to_wire(self) -> list[Any]:
+        return [self.tx_hash, self.ok, self.code, self.message, self.charged, self.fee]
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> Receipt:
+        """For the node's own store; raises ValueError on anything but a to_wire list."""
+        kinds = (bytes, bool, str, str, bool, int)
+        if not isinstance(raw, list | tuple) or len(raw) != 6 or not all(map(isinstance, raw, kinds)):
+            raise ValueError(f"not a receipt: {raw!r}")
+        return cls(*raw)
+
 
 def check_tx(
     state: State, stx: SignedTx, *, verified: Collection[bytes] = (), nonce: int | None = None
@@ -100,7 +112,7 @@ def _deliver(state: State, raw: SignedTx | bytes, verified: Collection[bytes]) -
     try:
         if isinstance(raw, SignedTx):
             stx = raw
-            stx.tx.check()  # a SignedTx built in-process skipped decode_tx's checks
+            stx.check()  # a SignedTx built in-process skipped decode_tx's checks
         else:
             stx = decode_tx(raw)
     except InvalidTx as e:

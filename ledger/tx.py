@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gossip.envelope import packb, unpackb
@@ -182,20 +182,20 @@ class SignedTx:
     def sender_address(self) -> str:
         return self.tx.sender_address
 
+    def check(self) -> None:
+        """Raise InvalidTx unless the tx is well-formed and the signature is 64 bytes (not verified)."""
+        if not isinstance(self.signature, bytes) or len(self.signature) != 64:
+            raise InvalidTx("signature must be 64 bytes")
+        self.tx.check()
+
 
 def sign_tx(
     identity: Identity, tx_type: str, body: Mapping[str, Any], *, nonce: int, fee: int, chain_id: str
 ) -> SignedTx:
     """Build, check and sign a tx from `identity`. Raises InvalidTx on a malformed body."""
-    Tx(type=tx_type, sender=identity.public, nonce=nonce, fee=fee, body=dict(body), chain_id=chain_id).check()
-    tx = Tx(
-        type=tx_type,
-        sender=identity.public,
-        nonce=nonce,
-        fee=fee,
-        body=canonical(dict(body)),
-        chain_id=chain_id,
-    )
+    tx = Tx(type=tx_type, sender=identity.public, nonce=nonce, fee=fee, body=dict(body), chain_id=chain_id)
+    tx.check()
+    tx = replace(tx, body=canonical(tx.body))
     stx = SignedTx(tx, identity.sign(tx.signing_bytes()))
     if len(stx.encoded) > MAX_TX_BYTES:
         raise InvalidTx(f"tx of {len(stx.encoded)} bytes exceeds the limit of {MAX_TX_BYTES}")
@@ -221,9 +221,6 @@ def decode_tx(data: bytes) -> SignedTx:
         raise InvalidTx(f"tx must be a map with exactly the fields {sorted(_WIRE_KEYS)}")
     if raw["v"] != VERSION or not _is_int(raw["v"]):
         raise InvalidTx(f"tx version {raw['v']!r} not supported (we speak {VERSION})")
-    sig = raw["sig"]
-    if not isinstance(sig, bytes) or len(sig) != 64:
-        raise InvalidTx("signature must be 64 bytes")
     tx = Tx(
         type=raw["type"],
         sender=raw["sender"],
@@ -232,8 +229,10 @@ def decode_tx(data: bytes) -> SignedTx:
         body=raw["body"],
         chain_id=raw["chain"],
     )
-    tx.check()
-    stx = SignedTx(tx, sig)
+    tx.check()  # before SignedTx(), whose encoding assumes well-formed fields
+    if not isinstance(raw["sig"], bytes) or len(raw["sig"]) != 64:
+        raise InvalidTx("signature must be 64 bytes")
+    stx = SignedTx(tx, raw["sig"])
     if stx.encoded != data:
         raise InvalidTx("tx bytes are not in canonical encoding")
     return stx

@@ -10,7 +10,8 @@ Files and their jobs:
   daemon.py    Peer: one trio nursery owning transport, gossip, dialer, API; signals, run.json
   client.py    HTTP client of the local API used by the read commands
   procs.py     starting, finding and stopping peer processes; waiting with deadlines
-  cluster.py   local multi-process clusters (up / status / down) and the demo
+  cluster.py   local multi-process clusters (up / status / down), cluster.json
+  demo.py      `hivemesh demo`: a cluster gossiping end to end, then torn down
   render.py    human output of the CLI (rich tables) next to --json
   cli.py       the `hivemesh` command (typer, noun-verb); __main__.py makes `python -m peer` the same
   version.py   the installed version

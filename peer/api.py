@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -28,6 +29,7 @@ from hypercorn.trio import serve
 
 from gossip.errors import GossipError, MessageTooLarge
 from peer.config import format_host_port, parse_host_port
+from peer.errors import PeerError
 from peer.logs import get_logger
 from peer.metrics import METRICS_CONTENT_TYPE
 
@@ -234,6 +236,7 @@ async def serve_api(
     Raises OSError when the address cannot be bound (in use, not local).
     """
     host, port = parse_host_port(listen)
+    _check_bindable(host, port)
     config = HypercornConfig()
     config.bind = [format_host_port(host, port)]
     config.accesslog = None
@@ -244,3 +247,17 @@ async def serve_api(
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(partial(serve, app, config))
         task_status.started(binds[0].removeprefix("http://"))
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Fail with the address in the message (hypercorn's own error does not name it)."""
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as e:
+        raise PeerError(
+            f"cannot serve the API on {format_host_port(host, port)}: {e.strerror or e}"
+        ) from None
+    finally:
+        probe.close()

@@ -11,11 +11,12 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from peer import render
+from peer.client import ApiClient, api_url
 from peer.config import load_config
 from peer.errors import ConfigError, PeerError
 from peer.home import Home, init_home, load_identity, resolve_home
@@ -72,7 +73,7 @@ def root(
     home: Annotated[
         Path | None,
         typer.Option(
-            "--home", help="Home directory [default: $HIVEMESH_HOME or ~/.hivemesh].", show_default=False
+            "--home", help="Home directory (default: $HIVEMESH_HOME, else ~/.hivemesh).", show_default=False
         ),
     ] = None,
     version: Annotated[
@@ -152,9 +153,7 @@ def run(
     run_daemon(home, config, identity)
 
 
-def _client(ctx: typer.Context, api: str | None) -> Any:
-    from peer.client import ApiClient, api_url
-
+def _client(ctx: typer.Context, api: str | None) -> ApiClient:
     return ApiClient(api_url(_home(ctx), api))
 
 
@@ -163,7 +162,10 @@ def status(ctx: typer.Context, api: ApiOpt = None, as_json: JsonOpt = False) -> 
     """Show the running peer: id, addresses, connections, bootstrap state."""
     with _client(ctx, api) as client:
         info = client.status()
-    render.print_json(info) if as_json else render.status(info)
+    if as_json:
+        render.print_json(info)
+    else:
+        render.status(info)
 
 
 @app.command()
@@ -171,7 +173,10 @@ def peers(ctx: typer.Context, api: ApiOpt = None, as_json: JsonOpt = False) -> N
     """List connected peers with their gossip scores."""
     with _client(ctx, api) as client:
         rows = client.peers()
-    render.print_json(rows) if as_json else render.peers(rows)
+    if as_json:
+        render.print_json(rows)
+    else:
+        render.peers(rows)
 
 
 @gossip_app.command("publish")
@@ -191,7 +196,10 @@ def gossip_publish(
         raise ConfigError(f"JSON argument is not valid JSON ({e}); quote it, e.g. '{{\"job\": 1}}'") from None
     with _client(ctx, api) as client:
         result = client.publish(topic, value, kind)
-    render.print_json(result) if as_json else print(result["msg_id"])
+    if as_json:
+        render.print_json(result)
+    else:
+        print(result["msg_id"])
 
 
 @gossip_app.command("received")
@@ -206,7 +214,10 @@ def gossip_received(
     """Show the envelopes the peer received on a topic."""
     with _client(ctx, api) as client:
         entries = client.received(topic, since, limit)
-    render.print_json(entries) if as_json else render.received(topic, entries)
+    if as_json:
+        render.print_json(entries)
+    else:
+        render.received(topic, entries)
 
 
 @cluster_app.command("up")
@@ -217,10 +228,10 @@ def cluster_up_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Start N peer processes on loopback, bootstrapped from the first; wait until connected."""
-    from peer.cluster import cluster_up
+    from peer.cluster import cluster_status, cluster_up
 
     cluster = cluster_up(directory, peers, timeout=timeout)
-    rows = [vars(p) for p in cluster.peers]
+    rows = cluster_status(cluster.root)
     if as_json:
         render.print_json({"dir": str(cluster.root), "peers": rows})
         return
@@ -234,8 +245,13 @@ def cluster_status_cmd(directory: DirOpt = Path("cluster"), as_json: JsonOpt = F
     from peer.cluster import cluster_status
 
     rows = cluster_status(directory)
-    render.print_json(rows) if as_json else render.cluster(rows, title=f"cluster in {directory}")
-    if any(not r["alive"] or r.get("error") for r in rows):
+    if as_json:
+        render.print_json(rows)
+    else:
+        render.cluster(rows, title=f"cluster in {directory}")
+    unhealthy = [r["index"] for r in rows if not r["alive"] or r.get("error")]
+    if unhealthy:
+        print(f"error: peer(s) {unhealthy} down or not answering", file=sys.stderr)
         raise typer.Exit(1)
 
 
@@ -271,10 +287,30 @@ def demo(
         render.print_json(result)
 
 
-def main() -> None:
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Let the global --home appear anywhere (`hivemesh run --home H`), as kubo's global flags do."""
+    hoisted: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg == "--home" and i + 1 < len(argv):
+            hoisted += argv[i : i + 2]
+            i += 2
+            continue
+        (hoisted if arg.startswith("--home=") else rest).append(arg)
+        i += 1
+    return hoisted + rest
+
+
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 1."""
+    args = hoist_global_options(sys.argv[1:] if argv is None else argv)
     try:
-        app(prog_name="hivemesh")
+        app(args=args, prog_name="hivemesh")
     except PeerError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -2,10 +2,10 @@
 
 `Peer.serve` starts, in order, the libp2p transport, the gossip node, the bootstrap dialer,
 one drain task per gossip topic (feeding the received log) and the local HTTP API, then
-reports a `RunInfo`. `run_daemon` adds what a process needs around it: config and key
-loading, logging, the home lock, run.json, the start-up banner, and SIGINT/SIGTERM handling
-(first signal: cancel the root nursery and shut down cleanly with exit code 0; second
-signal: exit at once).
+reports a `RunInfo`. `run_daemon` adds what a process needs around it (the CLI has already
+validated the config and loaded the key): logging, the home lock, run.json, the start-up
+banner, and SIGINT/SIGTERM handling (first signal: cancel the root nursery, which closes the
+host, releases the ports and removes run.json, exit code 0; second signal: exit at once).
 
 Error handling: problems the operator can fix (port in use, bad config, unreadable key)
 surface as `PeerError` with one readable line; anything else propagates.
@@ -17,20 +17,22 @@ import ipaddress
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psutil
 import trio
-from gossip.dialer import Dialer
 from prometheus_client import CollectorRegistry
+from structlog.stdlib import BoundLogger
 
+from gossip.dialer import Dialer
 from gossip.errors import GossipError
 from gossip.identity import Identity
 from gossip.libp2p_transport import Libp2pTransport
 from gossip.node import GossipNode
 from gossip.topics import TOPIC_CONSENSUS, TOPIC_TASKS, TOPIC_TX, TOPIC_VOTES
 from peer.api import ApiApp, serve_api
-from peer.config import Config
+from peer.config import Config, parse_host_port
 from peer.errors import PeerError
 from peer.home import Home, RunInfo, daemon_lock, remove_run_info, write_run_info
 from peer.logs import configure_logging, get_logger
@@ -175,12 +177,13 @@ async def _main(home: Home, config: Config, identity: Identity) -> None:
         error = _operator_error(group)
         if error is None:
             raise
-        log.error("peer failed", error=str(error), exc_info=group)
+        log.error("peer failed", error=str(error))
+        log.debug("peer failure details", exc_info=group)
         raise error from None
     log.info("peer stopped")
 
 
-async def _run_until_signal(home: Home, config: Config, identity: Identity, log: Any) -> None:
+async def _run_until_signal(home: Home, config: Config, identity: Identity, log: BoundLogger) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as outer:
             root = trio.CancelScope()
@@ -192,11 +195,16 @@ async def _run_until_signal(home: Home, config: Config, identity: Identity, log:
                         info = await nursery.start(peer.serve)
                         write_run_info(home, info)
                         _announce(info, log)
+                        if not _is_loopback(info.api):
+                            log.warning(
+                                "the API is reachable from other machines and has no authentication",
+                                api=info.api,
+                            )
             finally:
                 outer.cancel_scope.cancel()
 
 
-async def _watch_signals(signals: Any, root: trio.CancelScope, log: Any) -> None:
+async def _watch_signals(signals: AsyncIterator[int], root: trio.CancelScope, log: BoundLogger) -> None:
     count = 0
     async for signum in signals:
         count += 1
@@ -208,7 +216,15 @@ async def _watch_signals(signals: Any, root: trio.CancelScope, log: Any) -> None
             os._exit(1)
 
 
-def _announce(info: RunInfo, log: Any) -> None:
+def _is_loopback(host_port: str) -> bool:
+    host = parse_host_port(host_port)[0]
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _announce(info: RunInfo, log: BoundLogger) -> None:
     addrs = dialable_addrs(info.listen)
     lines = [f"hivemesh {info.version} peer {info.peer_id} running (pid {info.pid})"]
     lines += [f"  listening on {addr}" for addr in info.listen]
@@ -231,7 +247,8 @@ def _operator_error(group: BaseExceptionGroup) -> PeerError | None:
         elif isinstance(exc, PeerError):
             return exc
         elif isinstance(exc, OSError):
-            return PeerError(f"peer stopped: {exc} (check the --listen and --api addresses)")
+            hint = "" if exc.filename else " (check the --listen and --api addresses)"
+            return PeerError(f"peer stopped: {exc}{hint}")
         elif isinstance(exc, GossipError):
             return PeerError(f"peer stopped: {exc}")
     return None

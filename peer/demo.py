@@ -16,7 +16,7 @@ from rich.table import Table
 
 from peer import render
 from peer.client import ApiClient
-from peer.cluster import Cluster, cluster_down, cluster_up
+from peer.cluster import Cluster, cluster_down, cluster_status, cluster_up
 from peer.errors import ClusterError
 from peer.procs import wait_for
 
@@ -32,7 +32,7 @@ def run_demo(peers: int = 4, timeout: float = 60.0, show: bool = True) -> dict[s
                 render.console.print(f"starting {peers} peers in {root} …", markup=False)
             cluster = cluster_up(root, peers, timeout=timeout)
             if show:
-                render.cluster([vars(p) for p in cluster.peers], title="demo cluster")
+                render.cluster(cluster_status(root), title="demo cluster")
             published = _publish_from_each(cluster)
             delivered = _wait_delivered(cluster, set(published.values()), timeout)
             if show:

@@ -8,9 +8,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-console = Console(highlight=False, soft_wrap=False)
+# Off a terminal (pipes, logs) rich would assume 80 columns and fold every multiaddr.
+console = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
 def print_json(value: Any) -> None:
@@ -25,6 +27,13 @@ def short(peer_id: str, keep: int = 10) -> str:
 def compact(value: Any, limit: int = 80) -> str:
     text = json.dumps(value, separators=(",", ":"), default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _show(table: Table) -> None:
+    """Print a table, wrapping long cells (multiaddrs, ids) instead of cutting them."""
+    for column in table.columns:
+        column.overflow = "fold"
+    console.print(table)
 
 
 def status(info: dict[str, Any]) -> None:
@@ -45,8 +54,8 @@ def status(info: dict[str, Any]) -> None:
             if entry.get("connected")
             else f"not connected ({entry.get('last_error') or 'dialling'})"
         )
-        table.add_row("bootstrap", f"{entry.get('addr')}  {state}")
-    console.print(table, markup=False)
+        table.add_row("bootstrap", escape(f"{entry.get('addr')}  {state}"))
+    _show(table)
 
 
 def peers(rows: list[dict[str, Any]]) -> None:
@@ -56,7 +65,7 @@ def peers(rows: list[dict[str, Any]]) -> None:
     table = Table("peer id", "score", "banned")
     for row in rows:
         table.add_row(row["peer_id"], f"{row.get('score', 0.0):.2f}", "yes" if row.get("banned") else "no")
-    console.print(table)
+    _show(table)
 
 
 def received(topic: str, entries: list[dict[str, Any]]) -> None:
@@ -68,29 +77,22 @@ def received(topic: str, entries: list[dict[str, Any]]) -> None:
         table.add_row(
             str(e["index"]),
             short(e["author"]),
-            e["kind"],
+            escape(e["kind"]),
             str(e["seq"]),
             e["msg_id"][:12],
-            compact(e["body"]),
+            escape(compact(e["body"])),
         )
-    console.print(table)
+    _show(table)
 
 
 def cluster(rows: Iterable[dict[str, Any]], title: str) -> None:
-    table = Table("peer", "pid", "peer id", "api", "multiaddr", "connected", title=title)
+    table = Table("peer", "pid", "api", "multiaddr", "connected", title=title)
     for row in rows:
         if "alive" in row and not row["alive"]:
             connected = "[red]down[/red]"
         elif row.get("error"):
-            connected = f"[red]{row['error']}[/red]"
+            connected = f"[red]{escape(row['error'])}[/red]"
         else:
             connected = "" if row.get("connected_peers") is None else str(row["connected_peers"])
-        table.add_row(
-            str(row["index"]),
-            str(row["pid"]),
-            short(row["peer_id"]),
-            f"http://{row['api']}",
-            row["multiaddr"],
-            connected,
-        )
-    console.print(table)
+        table.add_row(str(row["index"]), str(row["pid"]), f"http://{row['api']}", row["multiaddr"], connected)
+    _show(table)

@@ -15,6 +15,7 @@ import trio
 
 from gossip.blobs import PROTOCOL, BlobError, BlobExchange, BlobNotFound, BlobStore, FetchFailed, Manifest
 from gossip.identity import Identity
+from gossip.libp2p_stream import Libp2pStream
 from gossip.libp2p_transport import Libp2pTransport
 from gossip.memory_transport import MemoryNetwork, MemoryTransport
 from gossip.transport import ByteStream, PeerId, Transport
@@ -55,10 +56,12 @@ async def start_peer(
     *,
     chunk_size: int = SMALL_CHUNK,
     timeout: float = 5.0,
+    max_uploads: int = 16,
 ) -> Peer:
     reports: list[tuple[PeerId, str]] = []
     store = BlobStore(root, chunk_size=chunk_size)
-    exchange = BlobExchange(transport, store, lambda p, why: reports.append((p, why)), timeout=timeout)
+    report = lambda p, why: reports.append((p, why))  # noqa: E731
+    exchange = BlobExchange(transport, store, report, timeout=timeout, max_uploads=max_uploads)
     scope = trio.CancelScope()
 
     async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -70,11 +73,12 @@ async def start_peer(
 
 
 @asynccontextmanager
-async def memory_peers(tmp_path: Path, count: int, **kwargs: object) -> AsyncIterator[list[Peer]]:
+async def memory_peers(tmp_path: Path, count: int) -> AsyncIterator[list[Peer]]:
+    """count peers on one in-memory network, each with its own store under tmp_path."""
     network = MemoryNetwork(seed=7)
     async with trio.open_nursery() as nursery:
         peers = [
-            await start_peer(nursery, network.transport(Identity.generate()), tmp_path / f"p{i}", **kwargs)  # type: ignore[arg-type]
+            await start_peer(nursery, network.transport(Identity.generate()), tmp_path / f"p{i}")
             for i in range(count)
         ]
         yield peers
@@ -259,6 +263,49 @@ async def test_resume_after_restart_fetches_only_missing_chunks(tmp_path: Path) 
         peer.store.close()
 
 
+async def test_download_cut_after_its_last_chunk_completes_without_peers(tmp_path: Path) -> None:
+    data = _seeded(5 * SMALL_CHUNK, 12)
+    async with memory_peers(tmp_path, 2) as [server, client]:
+        blob_id = server.store.put_bytes(data)
+        with trio.CancelScope() as scope:
+
+            def stop_at_the_end(done: int, total: int) -> None:
+                if done == total:
+                    scope.cancel()  # before the rename into place
+
+            await client.exchange.fetch(blob_id, [server.peer_id], progress=stop_at_the_end)
+        assert scope.cancelled_caught and not client.store.has(blob_id)
+        path = await client.exchange.fetch(blob_id, [])
+        assert path.read_bytes() == data
+        assert server.exchange.stats.chunks_served == 5
+
+
+async def test_lost_partial_file_restarts_the_download_from_scratch(tmp_path: Path) -> None:
+    data = _seeded(20 * SMALL_CHUNK, 13)
+    async with memory_peers(tmp_path, 2) as [server, client]:
+        blob_id = server.store.put_bytes(data)
+        with trio.CancelScope() as scope:
+
+            def stop_early(done: int, total: int) -> None:
+                if done >= 4 * SMALL_CHUNK:
+                    scope.cancel()
+
+            await client.exchange.fetch(blob_id, [server.peer_id], progress=stop_early)
+        served_before = server.exchange.stats.chunks_served
+        (tmp_path / "p1" / "partial" / blob_id).unlink()  # the index now names chunks that are gone
+        path = await client.exchange.fetch(blob_id, [server.peer_id])
+        assert path.read_bytes() == data
+        assert server.exchange.stats.chunks_served - served_before == 20
+
+
+def test_store_clears_puts_cut_short(tmp_path: Path) -> None:
+    BlobStore(tmp_path).close()
+    (tmp_path / "tmp" / "half-written").write_bytes(b"x" * 100)  # a put killed before its rename
+    store = BlobStore(tmp_path)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    store.close()
+
+
 async def test_corrupt_server_is_reported_and_honest_peer_completes(tmp_path: Path) -> None:
     data = _seeded(12 * SMALL_CHUNK, 7)
     async with memory_peers(tmp_path, 3) as [liar, honest, client]:
@@ -428,6 +475,40 @@ async def test_fetch_over_libp2p(tmp_path: Path) -> None:
         missing = hashlib.sha256(b"missing").hexdigest()
         with pytest.raises(FetchFailed, match="not_found"):
             await client.exchange.fetch(missing, [server.peer_id])
+        nursery.cancel_scope.cancel()
+    server.store.close()
+    client.store.close()
+
+
+async def test_busy_server_refuses_extra_uploads(tmp_path: Path) -> None:
+    data = _seeded(32 * 1024 * 1024, 14)  # more than yamux buffers for a reader that does not read
+    async with trio.open_nursery() as nursery:
+        server = await start_peer(
+            nursery,
+            Libp2pTransport(Identity.generate()),
+            tmp_path / "s",
+            chunk_size=1024 * 1024,
+            max_uploads=1,
+        )
+        client = await start_peer(nursery, Libp2pTransport(Identity.generate()), tmp_path / "c")
+        blob_id = server.store.put_bytes(data)
+        await client.transport.connect(server.transport.listen_addrs()[0])
+
+        # A client that asks for chunks and never reads them holds the only upload slot.
+        hog = await client.transport.open_stream(server.peer_id, PROTOCOL)
+        await hog.send_all(
+            raw_frame(1, msgpack.packb({"op": "chunks", "id": blob_id, "start": 0, "end": 32}))
+        )
+        await wait_until(lambda: server.exchange.server.active_uploads == 1)
+        with pytest.raises(FetchFailed, match="busy"):
+            await client.exchange.fetch(blob_id, [server.peer_id])
+        assert server.exchange.stats.chunks_served < 32  # the hog's upload is stuck, not finished
+
+        assert isinstance(hog, Libp2pStream)
+        await hog.reset()
+        await wait_until(lambda: server.exchange.server.active_uploads == 0)
+        assert (await client.exchange.fetch(blob_id, [server.peer_id])).read_bytes() == data
+        assert server.reports == []
         nursery.cancel_scope.cancel()
     server.store.close()
     client.store.close()

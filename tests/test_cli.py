@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trio
 
 from peer.home import Home, RunInfo, init_home, read_run_info, write_run_info
 from peer.procs import log_tail, running_peer, spawn_peer, stop_process, wait_serving
@@ -61,6 +60,8 @@ def test_init_is_idempotent_and_id_needs_no_daemon(tmp_path: Path) -> None:
     assert again.stdout.splitlines() == [f"already initialised {home}", f"peer id: {created['peer_id']}"]
     shown = hivemesh("id", home=home)
     assert (shown.returncode, shown.stdout.strip()) == (0, created["peer_id"])
+    after_command = hivemesh("id", "--home", str(home))  # the global --home may follow the command
+    assert after_command.stdout.strip() == created["peer_id"]
     assert json.loads(hivemesh("id", "--json", home=home).stdout)["peer_id"] == created["peer_id"]
     env_home = subprocess.run(
         [sys.executable, "-m", "peer", "id"],
@@ -123,9 +124,7 @@ async def test_run_stops_cleanly_on_signal(tmp_path: Path, signum: signal.Signal
         status = hivemesh("status", "--json", home=home.root)
         assert status.returncode == 0 and json.loads(status.stdout)["peer_id"] == peer_id
         process.send_signal(signum)
-        with trio.fail_after(20):
-            while process.poll() is None:
-                await trio.sleep(0.05)
+        await wait_until(lambda: process.poll() is not None, timeout=20)
         assert process.returncode == 0, log_tail(home, 30)
         assert read_run_info(home) is None
         assert port_is_free(p2p_port) and port_is_free(api_port)
@@ -147,18 +146,57 @@ async def test_dead_bootstrap_addresses_do_not_block_start_up(tmp_path: Path) ->
         ]
         started = time.monotonic()
         args = [*LOOPBACK, "--bootstrap", dead[0], "--bootstrap", dead[1]]
-        with running_peer(home, *args, timeout=15) as (process, info):
-            assert time.monotonic() - started < 15
+        # A dial of the silent address alone could take the 10 s dial timeout: serving well
+        # before that shows start-up never waited for it.
+        with running_peer(home, *args, timeout=8) as (process, info):
+            assert time.monotonic() - started < 8
             async with httpx.AsyncClient(base_url=info.api_url) as client:
                 assert (await client.get("/health")).json()["status"] == "ok"
 
-                async def both_failed() -> bool:
+                async def closed_port_failed() -> bool:
                     entries = (await client.get("/status")).json()["bootstrap"]
-                    return len(entries) == 2 and all(e["last_error"] and not e["connected"] for e in entries)
+                    return entries[0]["last_error"] is not None
 
-                await wait_until(both_failed, timeout=30)
+                await wait_until(closed_port_failed, timeout=15)
                 status = (await client.get("/status")).json()
-                assert {e["addr"] for e in status["bootstrap"]} == set(dead)
+                assert [e["addr"] for e in status["bootstrap"]] == dead
+                assert not any(e["connected"] for e in status["bootstrap"])
                 assert status["connected_peers"] == []
+            # The dial of the silent address may still be hanging: shutdown must not wait for it.
+            stopping = time.monotonic()
             process.terminate()
             assert process.wait(20) == 0
+            assert time.monotonic() - stopping < 8
+
+
+def test_ports_in_use_are_reported_with_their_address(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    init_home(Home(home))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        for args, expected in [
+            (
+                ["--listen", f"/ip4/127.0.0.1/tcp/{port}", "--api", "127.0.0.1:0"],
+                f"/ip4/127.0.0.1/tcp/{port}",
+            ),
+            (["--listen", "/ip4/127.0.0.1/tcp/0", "--api", f"127.0.0.1:{port}"], f"API on 127.0.0.1:{port}"),
+        ]:
+            result = hivemesh("run", *args, home=home)
+            assert result.returncode == 1
+            last = result.stderr.strip().splitlines()[-1]
+            assert last.startswith("error: ") and expected in last and "in use" in last.lower()
+            assert "Traceback" not in result.stderr
+            assert read_run_info(Home(home)) is None
+
+
+def test_wildcard_listen_addresses_become_dialable_ones() -> None:
+    from peer.daemon import dialable_addrs
+
+    addrs = dialable_addrs([f"/ip4/0.0.0.0/tcp/4001/p2p/{UNKNOWN_PEER}"])
+    assert f"/ip4/127.0.0.1/tcp/4001/p2p/{UNKNOWN_PEER}" == addrs[-1]  # loopback last: never the hint
+    assert not any("/0.0.0.0/" in a for a in addrs)
+    assert dialable_addrs(["/ip4/10.1.2.3/tcp/1/p2p/x", "/ip4/127.0.0.1/tcp/2/p2p/x"])[0].startswith(
+        "/ip4/10."
+    )

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import multiaddr
+import psutil
 import pytest
 import trio
 from libp2p import new_host
@@ -16,7 +17,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
-from gossip.errors import DialError, MessageTooLarge, ProtocolNotSupported, StreamBroken
+from gossip.errors import DialError, GossipError, MessageTooLarge, ProtocolNotSupported, StreamBroken
 from gossip.framing import read_frame, write_frame
 from gossip.identity import Identity
 from gossip.libp2p_transport import Libp2pTransport
@@ -48,7 +49,10 @@ def addr_for(port: int, peer_id: str) -> str:
     return f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}"
 
 
-async def receive_data(channel: trio.MemoryReceiveChannel[GossipMessage], timeout: float = 5.0) -> GossipMessage:
+Inbox = trio.MemoryReceiveChannel[GossipMessage]
+
+
+async def receive_data(channel: Inbox, timeout: float = 5) -> GossipMessage:
     """Next message that is not a mesh probe."""
     with trio.fail_after(timeout):
         while True:
@@ -57,9 +61,7 @@ async def receive_data(channel: trio.MemoryReceiveChannel[GossipMessage], timeou
                 return msg
 
 
-async def until_mesh_delivers(
-    publisher: Libp2pTransport, channel: trio.MemoryReceiveChannel[GossipMessage]
-) -> None:
+async def until_mesh_delivers(publisher: Libp2pTransport, channel: Inbox) -> None:
     """Publish probes until one arrives: the mesh path exists (no sleeps, no internals)."""
     with trio.fail_after(10):
         for i in range(1000):
@@ -275,16 +277,35 @@ async def test_disconnect_drops_the_connection() -> None:
         await wait_until(lambda: a.connected_peers() == [] and b.connected_peers() == [], timeout=5)
 
 
-async def test_shutdown_releases_port_threads_and_closes_subscriptions() -> None:
-    threads_before = threading.active_count()
-    t = Libp2pTransport(Identity.generate())
+def count_tasks() -> int:
+    pending, count = [trio.lowlevel.current_root_task()], 0
+    while pending:
+        task = pending.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
+
+
+async def test_shutdown_releases_port_tasks_threads_and_closes_subscriptions() -> None:
+    threads_before, tasks_before = threading.active_count(), count_tasks()
+    t, other = Libp2pTransport(Identity.generate()), Libp2pTransport(Identity.generate())
     async with trio.open_nursery() as nursery:
         await nursery.start(t.serve)
-        port = port_of(t.listen_addrs()[0])
+        await nursery.start(other.serve)
+        port, other_port = port_of(t.listen_addrs()[0]), port_of(other.listen_addrs()[0])
         sub = await t.subscribe(TOPIC)
-        assert threading.active_count() == threads_before + 1  # the seen-cache sweeper
+        await t.connect(other.listen_addrs()[0])  # a dialed connection must be closed too
+        assert threading.active_count() == threads_before + 2  # one seen-cache sweeper each
+        assert count_tasks() > tasks_before + 10
         nursery.cancel_scope.cancel()
     assert t.listen_addrs() == [] and t.connected_peers() == []
+    assert count_tasks() == tasks_before  # libp2p's system tasks included
+    leftover = [
+        c for c in psutil.Process().net_connections(kind="tcp")
+        if {port, other_port} & {c.laddr.port, c.raddr.port if c.raddr else None}
+    ]
+    assert leftover == []  # no socket left open, dialed ones included
     with pytest.raises(OSError):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.aclose()
@@ -295,4 +316,46 @@ async def test_shutdown_releases_port_threads_and_closes_subscriptions() -> None
     async with trio.open_nursery() as nursery:
         await nursery.start(t.serve)
         assert t.listen_addrs()[0].endswith(t.peer_id)
+        nursery.cancel_scope.cancel()
+
+
+async def test_listening_on_a_busy_port_raises_gossip_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        t = Libp2pTransport(Identity.generate(), [f"/ip4/127.0.0.1/tcp/{busy.getsockname()[1]}"])
+        with pytest.raises(GossipError, match="cannot listen"):
+            await t.serve()
+
+
+async def test_subscription_made_before_serve_is_live_once_serving() -> None:
+    early = Libp2pTransport(Identity.generate())
+    inbox = await early.subscribe(TOPIC)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(early.serve)
+        await early.publish(TOPIC, b"mine")
+        assert await receive_data(inbox) == GossipMessage(TOPIC, b"mine", early.peer_id)
+        nursery.cancel_scope.cancel()
+
+
+async def test_silent_peer_cannot_hang_a_stream_read() -> None:
+    release = trio.Event()
+
+    async def silent(stream: ByteStream) -> None:
+        await release.wait()  # accepts the stream, never answers
+
+    async with trio.open_nursery() as nursery:
+        a = Libp2pTransport(Identity.generate(), stream_io_timeout=0.5)
+        b = Libp2pTransport(Identity.generate())
+        b.set_stream_handler(ECHO, silent)
+        await nursery.start(a.serve)
+        await nursery.start(b.serve)
+        await a.connect(b.listen_addrs()[0])
+        stream = await a.open_stream(b.peer_id, ECHO, timeout=5)
+        start = time.monotonic()
+        with pytest.raises(StreamBroken, match="timed out"):
+            await stream.receive_some(10)
+        assert time.monotonic() - start < 3
+        await stream.aclose()
+        release.set()
         nursery.cancel_scope.cancel()

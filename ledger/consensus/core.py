@@ -238,7 +238,7 @@ class Core:
         if not self._route(vote):
             return []
         assert self._votes is not None
-        _, evidence = self._votes.add(vote, self.round)
+        _, evidence = self._votes.add(vote, self.round, known_values=self._known_values())
         effects: list[Effect] = [Evidence(evidence)] if evidence else []
         return effects + self._run_rules()
 
@@ -369,6 +369,9 @@ class Core:
                 if isinstance(msg, Proposal):
                     effects += self._proof_of_lock(msg)
         return effects
+
+    def _known_values(self) -> set[bytes]:
+        return {p.value_id for p in self._proposals.values()}
 
     def _schedule(self, kind: TimeoutKind) -> ScheduleTimeout:
         return ScheduleTimeout(kind, self.height, self.round, self.timeouts.duration_ms(kind, self.round))
