@@ -63,9 +63,10 @@ def main() -> None:
 
     arch_spec = WORKLOADS[args.arch][0]
     model = Model.init(arch_spec, seed=0)
-    probe_steps = 20
+    run_training(_spec(model, args.arch, 2, args.mode), model)  # warm-up: first-call costs of torch
+    probe_steps = 10
     start = time.perf_counter()
-    run_training(_spec(model, args.arch, probe_steps, args.mode), model)  # warm-up and step-time probe
+    run_training(_spec(model, args.arch, probe_steps, args.mode), model)  # step-time probe
     per_step = (time.perf_counter() - start) / probe_steps
     steps = args.steps or max(1, round(args.seconds / per_step))
 

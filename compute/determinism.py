@@ -40,7 +40,9 @@ class _Settings:
     fp32_precision: str
     matmul_precision: str
     conv_precision: str
-    threads: int
+
+
+_STRICT = _Settings(True, False, False, True, "ieee", "ieee", "ieee")
 
 
 def _current() -> _Settings:
@@ -52,7 +54,6 @@ def _current() -> _Settings:
         fp32_precision=torch.backends.fp32_precision,
         matmul_precision=torch.backends.cuda.matmul.fp32_precision,
         conv_precision=torch.backends.cudnn.conv.fp32_precision,
-        threads=torch.get_num_threads(),
     )
 
 
@@ -63,7 +64,6 @@ def _apply(s: _Settings) -> None:
     torch.backends.fp32_precision = s.fp32_precision
     torch.backends.cuda.matmul.fp32_precision = s.matmul_precision
     torch.backends.cudnn.conv.fp32_precision = s.conv_precision
-    torch.set_num_threads(s.threads)
 
 
 _lock = threading.Lock()
@@ -77,12 +77,12 @@ def _enter(threads: int) -> None:
     with _lock:
         if _depth and threads != _pinned_threads:
             raise DeterminismError(
-                f"strict settings already pinned with {_pinned_threads} threads, not {threads}"
+                f"strict settings are pinned with {_pinned_threads} threads, not {threads}"
             )
         if not _depth:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_WORKSPACE)
             _saved, _pinned_threads = _current(), threads
-            _apply(_Settings(True, False, False, True, "ieee", "ieee", "ieee", threads))
+            _apply(_STRICT)
         _depth += 1
 
 
@@ -99,20 +99,27 @@ def _exit() -> None:
 def strict_settings(seed: int | None = None, threads: int = STRICT_THREADS) -> Iterator[None]:
     """Pin deterministic torch settings for the duration of the block.
 
+    The algorithm and precision flags are process-wide (shared by every strict block that is
+    active); the CPU thread count is per calling thread with torch's OpenMP backend, so it is
+    set, and afterwards restored, in the thread that enters the block.
+
     Args:
         seed: if given, seeds torch's global RNGs (CPU and CUDA). Executors draw their own
             randomness from explicit generators; the seed covers anything that does not.
-        threads: intra-op CPU threads; every strict job in the process must agree on it.
+        threads: intra-op CPU threads; every strict block in the process must agree on it.
 
     Raises:
         DeterminismError: another strict block is active with a different thread count.
     """
     _enter(threads)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         if seed is not None:
             torch.manual_seed(seed)
         yield
     finally:
+        torch.set_num_threads(previous_threads)
         _exit()
 
 

@@ -115,6 +115,16 @@ def batch_root(batch_hashes: Sequence[str]) -> str:
     return merkle_root([item_leaf(i, h) for i, h in enumerate(batch_hashes)]).hex()
 
 
+def _select_batches(batches: Sequence[int] | None, n_batches: int) -> tuple[int, ...]:
+    if batches is None:
+        return tuple(range(n_batches))
+    selected = tuple(batches)
+    valid = all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < n_batches for b in selected)
+    if not selected or not valid or len(set(selected)) < len(selected):
+        raise JobSpecError(f"batch indices must be distinct ints in [0, {n_batches}), got {list(selected)}")
+    return selected
+
+
 def run_inference(
     spec: InferenceSpec,
     model: Model,
@@ -138,15 +148,12 @@ def run_inference(
     """
     _check_model(spec, model)
     x = decode_inputs(inputs) if isinstance(inputs, bytes | bytearray | memoryview) else inputs
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"inputs must be safetensors bytes or a tensor, got {type(x).__name__}")
     if (digest := inputs_hash(x)) != spec.inputs_hash:
         raise HashMismatch("inputs", spec.inputs_hash, digest)
     check_inputs(model.spec, x)
-    n_batches = math.ceil(x.shape[0] / spec.batch_size)
-    selected = tuple(range(n_batches)) if batches is None else tuple(batches)
-    if not all(isinstance(b, int) and 0 <= b < n_batches for b in selected) or len(set(selected)) < len(
-        selected
-    ):
-        raise JobSpecError(f"batch indices must be distinct ints in [0, {n_batches}), got {list(selected)}")
+    selected = _select_batches(batches, math.ceil(x.shape[0] / spec.batch_size))
     acc = accelerator()
     outputs: list[torch.Tensor] = []
     with _settings(spec.mode), torch.inference_mode():

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = wire.PROTOCOL
 DEFAULT_TIMEOUT = 10.0
-BATCH_CHUNKS = 16  # chunks per request: bounds how far a server runs ahead of a failover
+BATCH_CHUNKS = 128  # chunks per request: bounds how far a server runs ahead of a failover
 PIPELINE_DEPTH = 4  # chunks received but not yet verified and written
 FLUSH_BYTES = 32 << 20  # record progress (and start writeback) every this many bytes...
 FLUSH_SECONDS = 2.0  # ...or this often, whichever comes first

@@ -184,8 +184,11 @@ def test_inference_rejects_inputs_that_are_not_the_jobs() -> None:
     wrong = torch.randn(6, 15)
     with pytest.raises(InputError, match=r"items must have shape \(16\)"):
         run_inference(_inference(MLP, wrong)[0], model, wrong)
-    with pytest.raises(JobSpecError, match="batch indices"):
-        run_inference(spec, model, x, batches=[2])
+    for batches in ([2], [], [0, 0], [True]):
+        with pytest.raises(JobSpecError, match="batch indices"):
+            run_inference(spec, model, x, batches=batches)
+    with pytest.raises(InputError, match="safetensors bytes or a tensor"):
+        run_inference(spec, model, [[0.0] * 16])  # type: ignore[arg-type]
 
 
 def test_tolerant_bf16_inference_is_close_to_strict_fp32() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 
 import pytest
 import torch
@@ -198,6 +199,22 @@ def test_strict_settings_pin_and_restore_process_settings() -> None:
     assert torch.get_num_threads() == threads
     with strict_settings(seed=5):
         assert torch.equal(torch.rand(3), first)
+
+
+def test_strict_settings_pin_the_thread_count_in_the_thread_that_enters() -> None:
+    seen: list[tuple[int, int]] = []
+
+    def worker() -> None:
+        before = torch.get_num_threads()
+        with strict_settings():
+            inside = torch.get_num_threads()
+        seen.append((inside, torch.get_num_threads() - before))
+
+    with strict_settings():  # a strict block already active elsewhere must not stop the pinning
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+    assert seen == [(STRICT_THREADS, 0)]
 
 
 def test_build_module_on_meta_allocates_nothing() -> None:

@@ -84,6 +84,19 @@ async def test_a_limit_of_one_runs_jobs_one_at_a_time(model: Model) -> None:
     assert max(running for _, _, running in events) == 1
 
 
+async def test_concurrent_strict_jobs_give_the_same_bits_as_sequential_ones(model: Model) -> None:
+    executor, specs = Executor(max_concurrent=3), [_spec(model, 60, seed=i) for i in range(3)]
+    results: dict[int, tuple[bytes, Any]] = {}
+
+    async def job(i: int) -> None:
+        results[i] = await executor.train(specs[i], model)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(job, i)
+    assert [results[i] for i in range(3)] == [run_training(spec, model) for spec in specs]
+
+
 async def test_jobs_run_concurrently_up_to_the_limit() -> None:
     executor, peak = Executor(max_concurrent=2), []
     # the barrier opens only once both jobs are in worker threads at the same time
