@@ -2,9 +2,10 @@
 
 `strict_settings()` pins everything torch needs to give bitwise-identical results on the
 same hardware and software: deterministic algorithms, no cuDNN autotuning, no TF32, a fixed
-CPU thread count and a seeded global RNG. The settings are process-wide, so the context is
-reference-counted: concurrent strict jobs share one pinned configuration, and the previous
-settings come back when the last one leaves.
+CPU thread count and, if given a seed, a seeded global RNG. The algorithm and precision
+flags are process-wide, so the context is reference-counted: concurrent strict jobs share
+one pinned configuration, and the previous settings come back when the last one leaves.
+The thread count is per thread (torch's OpenMP backend) and is pinned in each entering thread.
 
 `tensors_hash()` hashes the canonical bytes of named tensors: names sorted, and for each
 tensor its name, dtype, shape and contiguous little-endian bytes. Two state dicts hash

@@ -130,6 +130,9 @@ class Model:
             raise HashMismatch("model", expected_hash, digest)
         return cls(spec=normalized, weights=bytes(weights), hash=digest)
 
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
     @classmethod
     def init(cls, spec: Mapping[str, Any], seed: int) -> Model:
         return cls.create(spec, init_model(spec, seed))

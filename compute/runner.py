@@ -12,10 +12,11 @@ keeps running in the background.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import trio
@@ -36,6 +37,58 @@ from compute.trace import CheckpointTrace
 
 T = TypeVar("T")
 Job = Callable[[threading.Event, Progress], T]  # (cancel flag, thread-side progress) -> result
+
+
+class _Handle:
+    """The state one job shares between the event loop and its worker thread."""
+
+    def __init__(self, job: Job[Any], progress: Progress | None, count: Callable[[int], None]) -> None:
+        self.job, self.progress, self.count = job, progress, count
+        self.token = trio.lowlevel.current_trio_token()
+        self.cancel, self.done = threading.Event(), trio.Event()
+        self.lock = threading.Lock()
+        self.phase = "queued"  # -> "running" (worker picked it up) or "abandoned" (caller cancelled)
+        self.latest, self.pending = (0, 0), False  # coalesced progress: the loop sees the newest
+        self.callback_error: Exception | None = None
+
+    def post(self, step: int, total: int) -> None:  # worker side
+        with self.lock:
+            self.latest = (step, total)
+            if self.pending:
+                return
+            self.pending = True
+        self.token.run_sync_soon(self.report)
+
+    def report(self) -> None:  # event-loop side
+        with self.lock:
+            (step, total), self.pending = self.latest, False
+        if self.progress is None or self.callback_error is not None:
+            return
+        try:
+            self.progress(step, total)
+        except Exception as e:  # a broken callback stops the job instead of crashing the loop
+            self.callback_error = e
+            self.cancel.set()
+
+    def work(self) -> Any:  # worker side
+        with self.lock:
+            if self.phase == "abandoned":
+                raise JobCancelled(0)
+            self.phase = "running"
+        self.count(+1)
+        try:
+            return self.job(self.cancel, self.post)
+        finally:
+            self.count(-1)
+            with contextlib.suppress(trio.RunFinishedError):
+                self.token.run_sync_soon(self.done.set)
+
+    def abandon(self) -> bool:
+        """Mark the job abandoned; True if its worker had already started (and must be awaited)."""
+        self.cancel.set()
+        with self.lock:
+            started, self.phase = self.phase == "running", "abandoned"
+        return started
 
 
 class Executor:
@@ -62,6 +115,10 @@ class Executor:
         with self._lock:
             return self._running
 
+    def _count(self, delta: int) -> None:
+        with self._lock:
+            self._running += delta
+
     async def run(self, job: Job[T], progress: Progress | None = None) -> T:
         """Run `job(cancel, progress)` in a worker thread; see the module docstring.
 
@@ -69,67 +126,21 @@ class Executor:
             trio.Cancelled: the caller's scope was cancelled (after the worker stopped).
             Whatever `job` raises, and whatever `progress` raised on the event loop.
         """
-        token = trio.lowlevel.current_trio_token()
-        cancel, done = threading.Event(), trio.Event()
-        phase_lock, phase = threading.Lock(), ["queued"]
-        callback_error: list[BaseException] = []
-
-        latest, pending = [(0, 0)], [False]  # coalesced reports: the loop sees the newest one
-
-        def report() -> None:  # event-loop side
-            with phase_lock:
-                step, total = latest[0]
-                pending[0] = False
-            if progress is None or callback_error:
-                return
-            try:
-                progress(step, total)
-            except Exception as e:  # a broken callback stops the job instead of crashing the loop
-                callback_error.append(e)
-                cancel.set()
-
-        def post(step: int, total: int) -> None:  # worker side
-            with phase_lock:
-                latest[0] = (step, total)
-                if pending[0]:
-                    return
-                pending[0] = True
-            token.run_sync_soon(report)
-
-        def work() -> T:
-            with phase_lock:
-                if phase[0] == "abandoned":
-                    raise JobCancelled(0)
-                phase[0] = "running"
-            with self._lock:
-                self._running += 1
-            try:
-                return job(cancel, post)
-            finally:
-                with self._lock:
-                    self._running -= 1
-                try:
-                    token.run_sync_soon(done.set)
-                except trio.RunFinishedError:
-                    pass
-
+        handle = _Handle(job, progress, self._count)
         try:
-            result = await trio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=self._limiter)
+            result = await trio.to_thread.run_sync(handle.work, abandon_on_cancel=True, limiter=self._limiter)
         except trio.Cancelled:
-            cancel.set()
-            with phase_lock:
-                started, phase[0] = phase[0] == "running", "abandoned"
-            if started:
+            if handle.abandon():
                 with trio.CancelScope(shield=True):
-                    await done.wait()
+                    await handle.done.wait()
             raise
         except JobCancelled:
-            if callback_error:
-                raise callback_error[0] from None
+            if handle.callback_error is not None:
+                raise handle.callback_error from None
             raise
-        await done.wait()  # progress reports posted before `done` have now all been delivered
-        if callback_error:
-            raise callback_error[0]
+        await handle.done.wait()  # progress reports posted before `done` have now all been delivered
+        if handle.callback_error is not None:
+            raise handle.callback_error
         return result
 
     async def infer(

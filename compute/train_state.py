@@ -70,7 +70,8 @@ def split(
     except WeightsError as e:
         raise CheckpointError(list(e.problems) + [f"unexpected tensor {k!r}" for k in rest]) from e
     problems = [f"unexpected tensor {k!r}" for k in rest]
-    allowed, per_param = _OPTIM_KEYS[optimizer.name], {}
+    allowed = _OPTIM_KEYS[optimizer.name] if optimizer.name == "adam" or optimizer.momentum else set()
+    per_param: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         if not key.startswith(OPTIM_PREFIX):
             continue
@@ -83,8 +84,8 @@ def split(
             problems.append(f"{key!r} must match its parameter's dtype and shape")
         else:
             per_param.setdefault(param, {})[field] = value
-    if len({frozenset(v) for v in per_param.values()}) > 1:
-        problems.append("optimizer state covers parameters unevenly")
+    if per_param and (set(per_param) != set(weights) or any(set(v) != allowed for v in per_param.values())):
+        problems.append(f"optimizer state must give every parameter exactly {sorted(allowed)}")
     if problems:
         raise CheckpointError(problems)
     return weights, per_param

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = wire.PROTOCOL
 DEFAULT_TIMEOUT = 10.0
-BATCH_CHUNKS = 128  # chunks per request: bounds how far a server runs ahead of a failover
+BATCH_CHUNKS = 16  # chunks per request; with one request queued ahead, bounds what a server sends unasked
 PIPELINE_DEPTH = 4  # chunks received but not yet verified and written
 FLUSH_BYTES = 32 << 20  # record progress (and start writeback) every this many bytes...
 FLUSH_SECONDS = 2.0  # ...or this often, whichever comes first
@@ -195,14 +195,26 @@ class BlobExchange:
     async def _receive_missing(
         self, stream: ByteStream, part: PartialBlob, progress: Progress | None
     ) -> None:
-        """Request the missing chunks batch by batch; a second task verifies and writes them."""
+        """Request the missing chunks batch by batch; a second task verifies and writes them.
+
+        The request for the next batch goes out before the current batch is read, so the
+        server never waits a round trip between batches.
+        """
+        batches = _batches(part.missing(), BATCH_CHUNKS)
+
+        async def request(i: int) -> None:
+            if i < len(batches):
+                start, end = batches[i]
+                message = {"op": "chunks", "id": part.blob_id, "start": start, "end": end}
+                await wire.send(stream, wire.control_frame(message), self._timeout)
+
         send, receive = trio.open_memory_channel[tuple[int, bytearray]](PIPELINE_DEPTH)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_chunks, receive, part, progress, nursery)
             async with send:
-                for start, end in _batches(part.missing(), BATCH_CHUNKS):
-                    request = {"op": "chunks", "id": part.blob_id, "start": start, "end": end}
-                    await wire.send(stream, wire.control_frame(request), self._timeout)
+                await request(0)
+                for i, (start, end) in enumerate(batches):
+                    await request(i + 1)
                     for index in range(start, end):
                         await send.send((index, await self._read_chunk(stream, part.manifest, index)))
 

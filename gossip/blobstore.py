@@ -24,6 +24,7 @@ import re
 import sqlite3
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ MAX_MANIFEST_BYTES = 8 << 20  # ~250k chunks: 256 GiB at 1 MiB chunks
 MANIFEST_VERSION = 1
 _DIGEST_SIZE = 32
 _BLOB_ID = re.compile(r"[0-9a-f]{64}")
-_COPY_BLOCK = 8 << 20
+MANIFEST_CACHE = 64  # decoded manifests of complete blobs kept in memory
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -136,6 +137,8 @@ class BlobStore:
         for leftover in (self.root / "tmp").iterdir():  # puts cut short by a crash
             leftover.unlink(missing_ok=True)
         self._lock = threading.Lock()  # one connection shared by threads, one user at a time
+        # Served blobs are asked for their manifest on every request; decoding a big one is not free.
+        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
         self._db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -178,8 +181,17 @@ class BlobStore:
         if not self.has(blob_id):
             raise BlobNotFound(f"blob {blob_id} is not in the store")
         with self._lock:
-            (data,) = self._db.execute("SELECT manifest FROM blobs WHERE id = ?", (blob_id,)).fetchone()
-        return Manifest.decode(data, blob_id)
+            cached = self._manifests.get(blob_id)
+            if cached is None:
+                (data,) = self._db.execute("SELECT manifest FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+        if cached is not None:
+            return cached
+        manifest = Manifest.decode(data, blob_id)
+        with self._lock:
+            self._manifests[blob_id] = manifest
+            while len(self._manifests) > MANIFEST_CACHE:
+                self._manifests.popitem(last=False)
+        return manifest
 
     def _put(self, pieces: Iterable[bytes | bytearray | memoryview]) -> str:
         tmp = self.root / "tmp" / uuid.uuid4().hex

@@ -19,7 +19,7 @@ from compute.datasets import (
 from compute.errors import CheckpointError, DatasetError, HashMismatch, InputError, JobCancelled, JobSpecError
 from compute.executor import run_inference, run_training, run_training_segment
 from compute.jobs import InferenceSpec, OptimizerSpec, TrainingSpec
-from compute.models import Model, load_model
+from compute.models import Model, decode_weights, encode_weights, load_model
 from compute.tolerance import BF16_TOLERANCE, compare, compare_report
 from compute.trace import item_leaf, merkle_proof, verify_proof
 from compute.train_state import state_hash, weights_of
@@ -127,6 +127,15 @@ def test_segments_reject_bad_states_and_ranges() -> None:
     ]:
         with pytest.raises(CheckpointError, match=message):
             run_training_segment(spec, model, None, bad, 2, 4)
+    tensors = decode_weights(states[2])
+    partial = {k: v for k, v in tensors.items() if k != "optim.0.weight.exp_avg"}
+    reshaped = {**tensors, "optim.0.weight.exp_avg": torch.zeros(3)}
+    for bad, message in [
+        (partial, "must give every parameter exactly"),
+        (reshaped, "must match its parameter"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            run_training_segment(spec, model, None, encode_weights(bad), 2, 4)
     with pytest.raises(CheckpointError, match="no optimizer state"):
         run_training_segment(spec, model, None, states[2], 0, 2)
     for start, end in [(2, 2), (-1, 2), (3, 5)]:
