@@ -62,7 +62,14 @@ class Envelope:
 
     def encode(self) -> bytes:
         data = packb(
-            {"v": self.version, "k": self.kind, "a": self.author, "n": self.seq, "b": self.body, "s": self.signature}
+            {
+                "v": self.version,
+                "k": self.kind,
+                "a": self.author,
+                "n": self.seq,
+                "b": self.body,
+                "s": self.signature,
+            }
         )
         if len(data) > MAX_GOSSIP_BYTES:
             raise MessageTooLarge(len(data), MAX_GOSSIP_BYTES)
@@ -71,7 +78,13 @@ class Envelope:
     @classmethod
     def create(cls, identity: Identity, kind: str, seq: int, body: Any) -> Envelope:
         unsigned = cls(kind=kind, author=identity.public, seq=seq, body=body, signature=b"")
-        return cls(kind=kind, author=identity.public, seq=seq, body=body, signature=identity.sign(unsigned.signed_bytes))
+        return cls(
+            kind=kind,
+            author=identity.public,
+            seq=seq,
+            body=body,
+            signature=identity.sign(unsigned.signed_bytes),
+        )
 
 
 def decode(data: bytes) -> Envelope:
@@ -83,7 +96,9 @@ def decode(data: bytes) -> Envelope:
     if not isinstance(version, int) or isinstance(version, bool):
         raise InvalidMessage("envelope version must be an integer")
     if version not in SUPPORTED_VERSIONS:
-        raise UnknownVersion(f"envelope version {version} not supported (we speak {sorted(SUPPORTED_VERSIONS)})")
+        raise UnknownVersion(
+            f"envelope version {version} not supported (we speak {sorted(SUPPORTED_VERSIONS)})"
+        )
     if not isinstance(kind, str) or not 0 < len(kind) <= 64:
         raise InvalidMessage("envelope kind must be a string of 1..64 characters")
     if not isinstance(author, bytes) or len(author) != 32:
