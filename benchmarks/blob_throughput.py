@@ -7,7 +7,8 @@ ends when the last chunk is verified and written, "fetch" when fetch() returns (
 and the rename into place). Before each fetch the same number of bytes also goes over a bare
 stream of the same connection (1 MiB writes from memory, the reader discards them): that is
 the ceiling of the transport on this machine at that moment, which matters on a shared box.
-Nothing is asserted: it only reports.
+CPU seconds of both processes are printed for each: they are steadier than rates when other
+work shares the cores. Nothing is asserted: it only reports.
 
     .venv/bin/python benchmarks/blob_throughput.py [--size-mib 100] [--runs 3]
 """
@@ -73,10 +74,10 @@ async def serve(root: Path, size: int) -> None:
 @dataclass
 class Run:
     raw: float  # seconds for the bare stream
+    raw_cpu: tuple[float, float]  # CPU seconds of (reader, server) for it
     transfer: float  # seconds until the last chunk was verified and written
     fetch: float  # seconds until fetch() returned
-    cpu_fetcher: float
-    cpu_server: float
+    fetch_cpu: tuple[float, float]  # CPU seconds of (fetcher, server)
 
 
 async def timed_runs(addr: str, blob_id: str, size: int, runs: int, work: Path, server_pid: int) -> list[Run]:
@@ -87,7 +88,9 @@ async def timed_runs(addr: str, blob_id: str, size: int, runs: int, work: Path, 
         await nursery.start(transport.serve)
         server = await transport.connect(addr)
         for run in range(runs):
+            cpu0, scpu0 = _cpu_seconds(), _cpu_of(server_proc)
             raw = await time_raw_stream(transport, server, size)
+            raw_cpu = (_cpu_seconds() - cpu0, _cpu_of(server_proc) - scpu0)
             store = BlobStore(work / f"run{run}")
             exchange = BlobExchange(transport, store, timeout=30.0)
             last_chunk = 0.0
@@ -101,12 +104,12 @@ async def timed_runs(addr: str, blob_id: str, size: int, runs: int, work: Path, 
             path = await exchange.fetch(blob_id, [server], progress=progress)
             t1, cpu1, scpu1 = time.perf_counter(), _cpu_seconds(), _cpu_of(server_proc)
             assert path.stat().st_size == size
-            r = Run(raw, last_chunk - t0, t1 - t0, cpu1 - cpu0, scpu1 - scpu0)
+            r = Run(raw, raw_cpu, last_chunk - t0, t1 - t0, (cpu1 - cpu0, scpu1 - scpu0))
             results.append(r)
             print(
-                f"run {run + 1}: bare stream {size / MB / r.raw:6.1f} MB/s | blob transfer "
-                f"{size / MB / r.transfer:6.1f} MB/s, fetch incl. fsync {size / MB / r.fetch:6.1f} MB/s "
-                f"({r.fetch:.2f} s; CPU s: fetcher {r.cpu_fetcher:.2f}, server {r.cpu_server:.2f})",
+                f"run {run + 1}: bare stream {size / MB / r.raw:6.1f} MB/s (CPU s {_pair(r.raw_cpu)}) | "
+                f"blob transfer {size / MB / r.transfer:6.1f} MB/s, "
+                f"fetch incl. fsync {size / MB / r.fetch:6.1f} MB/s (CPU s {_pair(r.fetch_cpu)})",
                 flush=True,
             )
             store.close()
@@ -126,6 +129,10 @@ async def time_raw_stream(transport: Libp2pTransport, server: PeerId, size: int)
     await stream.aclose()
     assert got == size // MiB * MiB
     return elapsed
+
+
+def _pair(cpu: tuple[float, float]) -> str:
+    return f"{cpu[0]:.2f} here + {cpu[1]:.2f} server"
 
 
 def _cpu_of(process: psutil.Process) -> float:

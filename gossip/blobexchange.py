@@ -7,8 +7,9 @@ reset or a stall (no progress within `timeout`) also moves on, without a report.
 chunks stay on disk (gossip.blobstore.PartialBlob), so the next peer, or a later call,
 only sends what is still missing.
 
-Chunks are requested in batches: one task reads frames off the stream while a second one
-hashes and writes them in a worker thread, so the event loop only moves bytes.
+Chunks are requested in batches, the next request queued before the current batch is read;
+one task reads frames off the stream while a second one hashes and writes them in a worker
+thread, so the event loop only moves bytes.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class BlobExchange:
             FetchFailed (a BlobError): no peer could provide the missing chunks; what was
                 verified stays on disk and a later call resumes from it.
             BlobError: invalid id, or the local disk failed.
+
+        Cancelling a fetch also keeps what was verified, for the next call to resume from.
         """
         check_blob_id(blob_id)
         lock = self._fetch_locks.setdefault(blob_id, trio.Lock())

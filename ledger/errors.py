@@ -194,3 +194,43 @@ class InvalidBlock(LedgerError):
     """Block data that the caller (consensus) should never pass: wrong height, time going back."""
 
     code = "invalid_block"
+
+
+class DuplicateTx(LedgerError):
+    """The mempool already holds this tx, or it was committed recently."""
+
+    code = "duplicate_tx"
+
+    def __init__(self, tx_hash: bytes, where: str = "in the mempool") -> None:
+        super().__init__(f"tx {tx_hash.hex()} is already {where}")
+        self.tx_hash, self.where = tx_hash, where
+
+
+class MempoolFull(LedgerError):
+    code = "mempool_full"
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"mempool is full: adding this tx would exceed {limit} {what}")
+        self.what, self.limit = what, limit
+
+
+class StoreError(LedgerError):
+    """The block store refused a write (out of order, inconsistent) or found itself corrupt."""
+
+    code = "store_error"
+
+
+class CorruptStore(StoreError):
+    """Stored data that does not decode or does not replay to the stored app hashes."""
+
+    code = "corrupt_store"
+
+
+class SignRegression(StoreError):
+    """A last-signed (height, round, step) lower than the one already stored (double-sign guard)."""
+
+    code = "sign_regression"
+
+    def __init__(self, stored: tuple[int, int, int], got: tuple[int, int, int]) -> None:
+        super().__init__(f"last signed {got} is below the stored {stored}; refusing to go backwards")
+        self.stored, self.got = stored, got

@@ -1,8 +1,8 @@
 """The peer daemon: one trio nursery that owns every task of a running peer.
 
 `Peer.serve` starts, in order, the libp2p transport, the gossip node, the bootstrap dialer,
-one drain task per gossip topic (feeding the received log) and the local HTTP API, then
-reports a `RunInfo`. `run_daemon` adds what a process needs around it (the CLI has already
+peer exchange, one drain task per gossip topic (feeding the received log) and the local HTTP
+API, then reports a `RunInfo`. `run_daemon` adds what a process needs around it (the CLI has already
 validated the config and loaded the key): logging, the home lock, run.json, the start-up
 banner, and SIGINT/SIGTERM handling (first signal: cancel the root nursery, which closes the
 host, releases the ports and removes run.json, exit code 0; second signal: exit at once).
@@ -30,6 +30,7 @@ from gossip.errors import GossipError
 from gossip.identity import Identity
 from gossip.libp2p_transport import Libp2pTransport
 from gossip.node import GossipNode
+from gossip.peerexchange import PeerExchange
 from gossip.topics import TOPIC_CONSENSUS, TOPIC_TASKS, TOPIC_TX, TOPIC_VOTES
 from peer.api import ApiApp, serve_api
 from peer.config import Config, parse_host_port
@@ -90,6 +91,9 @@ class Peer:
         self.transport = Libp2pTransport(identity, listen=list(config.listen))
         self.node = GossipNode(self.transport, identity, self.registry, sync_interval=config.sync_interval)
         self.dialer = Dialer(self.transport, list(config.bootstrap))
+        self.exchange = PeerExchange(
+            self.node, own_addrs=lambda: dialable_addrs(self.transport.listen_addrs())
+        )
         self.metrics = PeerMetrics(self.registry, lambda: len(self.transport.connected_peers()))
         self.received_logs = {name: ReceivedLog(name) for name in TOPICS}
         for name, log in self.received_logs.items():
@@ -103,6 +107,7 @@ class Peer:
             await nursery.start(self.transport.serve)
             await nursery.start(self.node.serve)
             await nursery.start(self.dialer.serve)
+            await nursery.start(self.exchange.serve)
             for name, channel in channels.items():
                 nursery.start_soon(self.received_logs[name].drain, channel, name=f"received-log:{name}")
             api = ApiApp(self, self.log.bind(component="api"))

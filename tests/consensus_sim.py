@@ -5,9 +5,10 @@ priority queue of (time_ms, seq, event); a seeded `random.Random` decides messag
 drops and the byzantine node's choices, so one seed always replays the same run.
 
 Faults: a drop probability per message, partitions (groups that cannot talk until a heal
-time), silent validators (never send), and byzantine validators that equivocate (sign a
-second, conflicting vote for every vote, and a second proposal for every proposal, and
-send both). Block sync is modelled as the real driver would do it: a node that hears of a
+time), silent validators (never send), crashes (a node loses everything but its durable
+last-signed record and decided blocks, then restarts), and byzantine validators that
+equivocate (sign a second, conflicting vote for every vote, and a second proposal for
+every proposal, and send both). Block sync is modelled as the real driver would do it: a node that hears of a
 height above its own asks the sender for the decided block of its height and feeds the
 answer to `Core.on_decided_block`.
 
@@ -81,6 +82,7 @@ class SimConfig:
     heal_ms: int = 0  # ... until this time
     byzantine: frozenset[int] = frozenset()  # equivocators
     silent: frozenset[int] = frozenset()  # never send anything
+    crashes: dict[int, tuple[int, int]] = field(default_factory=dict)  # node -> (down at, back at), ms
     max_time_ms: int = 600_000
     max_events: int = 2_000_000
     timeouts: TimeoutConfig = SIM_TIMEOUTS
@@ -98,6 +100,8 @@ class SimNode:
     persisted: LastSigned | None = None
     signed: dict[tuple[int, int, Step], Proposal | Vote] = field(default_factory=dict)
     sync_asked: dict[int, int] = field(default_factory=dict)
+    down: bool = False
+    incarnation: int = 0  # bumped by each restart; older timers are dead
 
     @property
     def address(self) -> str:
@@ -160,20 +164,7 @@ class Simulation:
             Validator.from_public(ident.public, p) for ident, p in zip(ids, powers, strict=True)
         )
         self.sets = [first, first]
-        self.nodes = [
-            SimNode(
-                i,
-                ident,
-                Core(
-                    chain_id=CHAIN_ID,
-                    address=ident.peer_id,
-                    sign=ident.sign,
-                    validate_value=self._validate,
-                    timeouts=config.timeouts,
-                ),
-            )
-            for i, ident in enumerate(ids)
-        ]
+        self.nodes = [SimNode(i, ident, self._new_core(ident, None)) for i, ident in enumerate(ids)]
         self.by_address = {n.address: n.index for n in self.nodes}
         self.now = 0
         self.seq = 0
@@ -190,6 +181,23 @@ class Simulation:
             self.sets.append(self.sets[-1].advance(1))
         return self.sets[height]
 
+    def _new_core(self, ident: Identity, last_signed: LastSigned | None) -> Core:
+        return Core(
+            chain_id=CHAIN_ID,
+            address=ident.peer_id,
+            sign=ident.sign,
+            validate_value=self._validate,
+            timeouts=self.cfg.timeouts,
+            last_signed=last_signed,
+        )
+
+    def _restart(self, node: SimNode) -> None:
+        """Back from a crash with only what was durable: the last-signed record and the blocks."""
+        node.down, node.incarnation = False, node.incarnation + 1
+        node.core = self._new_core(node.identity, node.persisted)
+        height = max(node.decisions, default=0) + 1
+        self._execute(node, node.core.start_height(height, self.validator_set(height)))
+
     @staticmethod
     def _validate(height: int, value: bytes) -> bool:
         return value.startswith(b"block:")
@@ -203,11 +211,10 @@ class Simulation:
             return True
         return any(a in g and b in g for g in self.cfg.partition)
 
-    def _send(self, frm: int, to: int, kind: str, payload: Any, hops: int = 1) -> None:
+    def _send(self, frm: int, to: int, kind: str, payload: Any) -> None:
         if frm in self.cfg.silent or not self._reachable(frm, to) or self.rng.random() < self.cfg.drop:
             return
-        lo, hi = self.cfg.delay_ms
-        self._push(self.now + sum(self.rng.randint(lo, hi) for _ in range(hops)), kind, to, payload, frm)
+        self._push(self.now + self.rng.randint(*self.cfg.delay_ms), kind, to, payload, frm)
 
     # -- the driver --------------------------------------------------------------------------
 
@@ -220,7 +227,7 @@ class Simulation:
             elif isinstance(effect, PersistLastSigned):
                 node.persisted = effect.record
             elif isinstance(effect, ScheduleTimeout):
-                self._push(self.now + effect.duration_ms, "timeout", node.index, effect)
+                self._push(self.now + effect.duration_ms, "timeout", node.index, (effect, node.incarnation))
             elif isinstance(effect, RequestProposal):
                 value = b"block:" + packb([effect.height, effect.round, node.index, self.rng.getrandbits(32)])
                 work[:0] = node.core.handle(ProposedValue(effect.height, effect.round, value))
@@ -304,6 +311,9 @@ class Simulation:
     def run(self) -> SimResult:
         for node in self.nodes:
             self._execute(node, node.core.start_height(1, self.validator_set(1)))
+        for index, (down_at, back_at) in self.cfg.crashes.items():
+            self._push(down_at, "crash", index, None)
+            self._push(back_at, "restart", index, None)
         events = 0
         while self.queue and not self._done() and events < self.cfg.max_events:
             at, _, kind, index, payload, sender = heapq.heappop(self.queue)
@@ -311,11 +321,17 @@ class Simulation:
                 break
             self.now, events = at, events + 1
             node = self.nodes[index]
-            if kind == "deliver":
+            if kind == "crash":
+                node.down = True
+            elif kind == "restart":
+                self._restart(node)
+            elif node.down:
+                continue  # a crashed node hears nothing and its timers died with it
+            elif kind == "deliver":
                 self._deliver(node, payload, sender)
-            elif kind == "timeout":
-                timeout = Timeout(payload.kind, payload.height, payload.round)
-                self._execute(node, node.core.on_timeout(timeout))
+            elif kind == "timeout" and payload[1] == node.incarnation:
+                t = payload[0]
+                self._execute(node, node.core.on_timeout(Timeout(t.kind, t.height, t.round)))
             elif kind == "sync_request":
                 self._serve_sync(node, payload, sender)
         return SimResult(

@@ -386,6 +386,51 @@ async def test_stalled_peer_is_skipped_after_the_deadline(tmp_path: Path) -> Non
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize(
+    ("lie", "reported"),
+    [
+        ("manifest", "bad manifest"),
+        ("short chunk", "sent 10 bytes for chunk 0"),
+        ("garbage answer", "malformed answer"),
+        ("unknown tag", "unknown tag 9"),
+    ],
+)
+async def test_lying_peer_is_reported_and_skipped(tmp_path: Path, lie: str, reported: str) -> None:
+    data = _seeded(3 * SMALL_CHUNK, 15)
+    network = MemoryNetwork(seed=3)
+    async with trio.open_nursery() as nursery:
+        honest = await start_peer(nursery, network.transport(Identity.generate()), tmp_path / "h")
+        blob_id = honest.store.put_bytes(data)
+        manifest = honest.store.manifest(blob_id).encode()
+        liar: MemoryTransport = network.transport(Identity.generate())
+
+        async def lying(stream: ByteStream) -> None:
+            await read_raw_frame(stream)
+            if lie == "manifest":
+                forged = _seeded(len(manifest), 99)  # does not hash to the id
+                await stream.send_all(raw_frame(1, msgpack.packb({"ok": True, "manifest": forged})))
+                return
+            if lie == "garbage answer":
+                await stream.send_all(raw_frame(1, b"\xc1\xc1"))
+                return
+            await stream.send_all(raw_frame(1, msgpack.packb({"ok": True, "manifest": manifest})))
+            await read_raw_frame(stream)
+            if lie == "short chunk":
+                await stream.send_all(raw_frame(2, b"0123456789"))
+            else:
+                await stream.send_all(raw_frame(9, b"?"))
+
+        liar.set_stream_handler(PROTOCOL, lying)
+        await nursery.start(liar.serve)
+        client = await start_peer(nursery, network.transport(Identity.generate()), tmp_path / "c")
+        path = await client.exchange.fetch(blob_id, [liar.peer_id, honest.peer_id])
+        assert path.read_bytes() == data
+        assert len(client.reports) == 1
+        peer, why = client.reports[0]
+        assert peer == liar.peer_id and reported in why, why
+        nursery.cancel_scope.cancel()
+
+
 def raw_frame(tag: int, body: bytes) -> bytes:
     return struct.pack(">IB", len(body) + 1, tag) + body
 
