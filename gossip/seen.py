@@ -78,6 +78,23 @@ class SeenStore:
         self.prune(now)
         return list(self._by_topic.get(topic, {}).values())
 
+    def newest(self, topic: str, now: float, span: float, limit: int | None = None) -> list[Record]:
+        """Records of topic received in the last `span` seconds, newest first, at most `limit`.
+
+        Costs O(records returned): the walk starts at the newest record and stops at the horizon.
+        """
+        self.prune(now)
+        records = self._by_topic.get(topic)
+        if not records or span <= 0:
+            return []
+        horizon = now - span
+        out: list[Record] = []
+        for record in reversed(records.values()):
+            if record.received_at < horizon or (limit is not None and len(out) >= limit):
+                break
+            out.append(record)
+        return out
+
     def recent_ids(self, topic: str, now: float, limit: int) -> list[bytes]:
         """Ids of topic still in the window; the newest `limit` of them if there are more."""
         self.prune(now)

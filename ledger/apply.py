@@ -4,8 +4,9 @@ Every public function here is pure: it copies the state it is given and returns 
 
 Block order (apply_block): begin_block (check height and time, activate the validator set
 scheduled for this height, slash evidence, release matured unbonding entries), then each tx in
-order, then end_block (pay the block's fees to its proposer, tally ended proposals, schedule a
-changed validator set for height + 2). app_hash is taken after end_block.
+order, then end_block (pay the block's fees to its proposer, act on the jobs due at this height
+(choose winners, expire, miss deadlines, finalize: ledger.jobs), tally ended proposals, schedule
+a changed validator set for height + 2). app_hash is taken after end_block.
 
 Fee and nonce rule (like Cosmos): a tx passes the admission checks (`check_tx`: chain id,
 signature, known sender, nonce == account nonce, fee >= params.min_fee, balance >= fee) or it is
@@ -24,7 +25,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ledger import accounts, governance, slashing, staking
+from ledger import accounts, governance, jobs, models, slashing, staking
 from ledger.errors import (
     BadNonce,
     FeeTooLow,
@@ -52,6 +53,12 @@ HANDLERS: dict[str, Handler] = {
     "unjail": staking.unjail,
     "param_change": governance.param_change,
     "vote": governance.vote,
+    "model_register": models.model_register,
+    "model_transfer": models.model_transfer,
+    "job_post": jobs.job_post,
+    "job_bid": jobs.job_bid,
+    "job_commit": jobs.job_commit,
+    "job_cancel": jobs.job_cancel,
 }
 
 
@@ -168,6 +175,7 @@ def _end(state: State) -> ValidatorSet | None:
     if state.fee_pool:
         accounts.credit(j, state.proposer, state.fee_pool)
         j.set("fee_pool", 0)
+    jobs.process_due(j)
     governance.tally_ended(j)
     updates = staking.schedule_validator_set(j)
     j.commit()

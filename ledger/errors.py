@@ -234,3 +234,148 @@ class SignRegression(StoreError):
     def __init__(self, stored: tuple[int, int, int], got: tuple[int, int, int]) -> None:
         super().__init__(f"last signed {got} is below the stored {stored}; refusing to go backwards")
         self.stored, self.got = stored, got
+
+
+# ---- market: models and jobs -------------------------------------------------------------------
+
+
+class UnknownModel(LedgerError):
+    code = "unknown_model"
+
+    def __init__(self, model_hash: str) -> None:
+        super().__init__(f"no model {model_hash} is registered")
+        self.model_hash = model_hash
+
+
+class ModelExists(LedgerError):
+    code = "model_exists"
+
+    def __init__(self, model_hash: str, owner: str) -> None:
+        super().__init__(f"model {model_hash} is already registered (owner {owner})")
+        self.model_hash, self.owner = model_hash, owner
+
+
+class NotModelOwner(LedgerError):
+    code = "not_model_owner"
+
+    def __init__(self, model_hash: str, owner: str, address: str) -> None:
+        super().__init__(f"model {model_hash} is owned by {owner}, not by {address}")
+        self.model_hash, self.owner, self.address = model_hash, owner, address
+
+
+class RoyaltyTooHigh(LedgerError):
+    code = "royalty_too_high"
+
+    def __init__(self, maximum: int, got: int) -> None:
+        super().__init__(f"royalty {got} bps exceeds the maximum {maximum} bps")
+        self.maximum, self.got = maximum, got
+
+
+class WindowOutOfRange(LedgerError):
+    code = "window_out_of_range"
+
+    def __init__(self, name: str, lo: int, hi: int, got: int) -> None:
+        super().__init__(f"{name} must be in [{lo}, {hi}] blocks, got {got}")
+        self.name, self.lo, self.hi, self.got = name, lo, hi, got
+
+
+class UnknownJob(LedgerError):
+    code = "unknown_job"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id}")
+        self.job_id = job_id
+
+
+class WrongJobStatus(LedgerError):
+    code = "wrong_job_status"
+
+    def __init__(self, job_id: str, status: str, expected: str) -> None:
+        super().__init__(f"job {job_id} is {status}; this needs it {expected}")
+        self.job_id, self.status, self.expected = job_id, status, expected
+
+
+class BidWindowClosed(LedgerError):
+    code = "bid_window_closed"
+
+    def __init__(self, job_id: str, closed_at: int, height: int) -> None:
+        super().__init__(f"bids on job {job_id} closed at height {closed_at}, current height is {height}")
+        self.job_id, self.closed_at, self.height = job_id, closed_at, height
+
+
+class PriceTooHigh(LedgerError):
+    code = "price_too_high"
+
+    def __init__(self, limit: int, got: int, what: str = "bounty") -> None:
+        super().__init__(f"price {got} exceeds the job's {what} {limit}")
+        self.limit, self.got, self.what = limit, got, what
+
+
+class BondTooLow(LedgerError):
+    code = "bond_too_low"
+
+    def __init__(self, minimum: int, got: int) -> None:
+        super().__init__(f"bond {got} is below the minimum {minimum} for this price")
+        self.minimum, self.got = minimum, got
+
+
+class RequirementNotMet(LedgerError):
+    code = "requirement_not_met"
+
+    def __init__(self, what: str, needed: int, got: int) -> None:
+        super().__init__(f"the job requires {what} >= {needed}, the bidder has {got}")
+        self.what, self.needed, self.got = what, needed, got
+
+
+class TooManyBids(LedgerError):
+    code = "too_many_bids"
+
+    def __init__(self, job_id: str, limit: int) -> None:
+        super().__init__(f"job {job_id} already has {limit} bidders (the limit)")
+        self.job_id, self.limit = job_id, limit
+
+
+class SelfDealing(LedgerError):
+    code = "self_dealing"
+
+    def __init__(self, job_id: str, address: str) -> None:
+        super().__init__(f"{address} posted job {job_id} and cannot bid on it")
+        self.job_id, self.address = job_id, address
+
+
+class NotAssignedSolver(LedgerError):
+    code = "not_assigned_solver"
+
+    def __init__(self, job_id: str, solver: str, address: str) -> None:
+        super().__init__(f"job {job_id} is assigned to {solver}, not to {address}")
+        self.job_id, self.solver, self.address = job_id, solver, address
+
+
+class DeadlinePassed(LedgerError):
+    code = "deadline_passed"
+
+    def __init__(self, job_id: str, deadline: int) -> None:
+        super().__init__(f"job {job_id} missed its deadline at height {deadline}")
+        self.job_id, self.deadline = job_id, deadline
+
+
+class AlreadyCommitted(LedgerError):
+    code = "already_committed"
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id} already has a result commitment (status {status})")
+        self.job_id, self.status = job_id, status
+
+
+class NotSubmitter(LedgerError):
+    code = "not_submitter"
+
+    def __init__(self, job_id: str, submitter: str, address: str) -> None:
+        super().__init__(f"job {job_id} was posted by {submitter}, not by {address}")
+        self.job_id, self.submitter, self.address = job_id, submitter, address
+
+
+class InvalidDispute(LedgerError):
+    """A dispute outcome the ledger cannot apply (bad jackpot share, challenger is the solver)."""
+
+    code = "invalid_dispute"

@@ -29,6 +29,21 @@ BOUNDS: dict[str, tuple[int, int]] = {
     "gov_quorum_bps": (1, BPS),
     "gov_threshold_bps": (0, BPS - 1),
     "gov_deposit": (0, 10**15),
+    "max_royalty_bps": (0, BPS),
+    "job_verifier_share_bps": (0, BPS),
+    "job_treasury_share_bps": (0, BPS),
+    "min_solver_bond_bps": (0, 10 * BPS),
+    "min_challenge_window_blocks": (1, 10**6),
+    "max_job_window_blocks": (1, 10**8),
+    "max_bids_per_job": (1, 1_000),
+    "job_miss_compensation_bps": (0, BPS),
+    "bid_weight_price": (0, 100),
+    "bid_weight_reputation": (0, 100),
+    "bid_weight_stake": (0, 100),
+    "reputation_default": (0, BPS),
+    "reputation_gain_bps": (0, BPS),
+    "reputation_miss_bps": (0, BPS),
+    "reputation_dispute_bps": (0, BPS),
 }
 
 
@@ -47,6 +62,17 @@ class Params:
     period. gov_quorum_bps: share of all bonded stake that must vote. gov_threshold_bps: a
     proposal passes when yes * 10_000 > threshold * (yes + no). gov_deposit: taken from the
     proposer, refunded when the vote reaches quorum, burned otherwise.
+
+    Market (ledger.jobs, ledger.payout): max_royalty_bps: ceiling on a model's royalty (share of
+    a job's price). job_verifier_share_bps / job_treasury_share_bps: shares of the price paid to
+    the verifier pool and the treasury; the solver gets the rest (royalty + both shares may not
+    exceed 10_000). min_solver_bond_bps: a bid's bond must be at least this share of its price.
+    min_challenge_window_blocks / max_job_window_blocks: bounds on a job's windows.
+    max_bids_per_job: distinct bidders per job. job_miss_compensation_bps: share of a slashed
+    bond paid to the submitter when the solver misses its deadline (the rest is burned).
+    bid_weight_price / _reputation / _stake: weights of the winner score. reputation_default:
+    score of an address never rated in a role. reputation_gain_bps / _miss_bps / _dispute_bps:
+    EMA step towards 10_000 on a finalized job, towards 0 on a missed deadline / lost dispute.
     """
 
     min_fee: int = 1
@@ -63,6 +89,21 @@ class Params:
     gov_quorum_bps: int = 3_340
     gov_threshold_bps: int = 5_000
     gov_deposit: int = 10_000
+    max_royalty_bps: int = 1_000
+    job_verifier_share_bps: int = 500
+    job_treasury_share_bps: int = 200
+    min_solver_bond_bps: int = 1_000
+    min_challenge_window_blocks: int = 10
+    max_job_window_blocks: int = 100_000
+    max_bids_per_job: int = 64
+    job_miss_compensation_bps: int = 5_000
+    bid_weight_price: int = 5
+    bid_weight_reputation: int = 3
+    bid_weight_stake: int = 2
+    reputation_default: int = 5_000
+    reputation_gain_bps: int = 500
+    reputation_miss_bps: int = 2_000
+    reputation_dispute_bps: int = 5_000
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -76,6 +117,17 @@ class Params:
             raise InvalidParams(
                 f"evidence_max_age_blocks ({self.evidence_max_age_blocks}) must not exceed "
                 f"unbonding_blocks ({self.unbonding_blocks})"
+            )
+        cut = self.max_royalty_bps + self.job_verifier_share_bps + self.job_treasury_share_bps
+        if cut > BPS:
+            raise InvalidParams(
+                f"max_royalty_bps + job_verifier_share_bps + job_treasury_share_bps ({cut}) must not "
+                f"exceed {BPS}: the solver's share would be negative"
+            )
+        if self.min_challenge_window_blocks > self.max_job_window_blocks:
+            raise InvalidParams(
+                f"min_challenge_window_blocks ({self.min_challenge_window_blocks}) must not exceed "
+                f"max_job_window_blocks ({self.max_job_window_blocks})"
             )
 
     def to_dict(self) -> dict[str, int]:

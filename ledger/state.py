@@ -14,6 +14,15 @@ Tables (all keyed by plain strings/ints or tuples of them, always iterated in so
   votes         (proposal id, voter) -> True for yes / False for no (dropped after the tally)
   tombstones    (validator, infraction height) -> height at which it was slashed
   pending_sets  effective height -> validator set (sets scheduled by end_block at H for H+2)
+  models        model hash -> ModelRecord                     (ledger.models)
+  jobs          job id -> Job (kept after the job closes)      (ledger.jobs)
+  bids          (job id, solver) -> Bid, only while the job is open
+  job_timers    (height, job id) -> job status: end_block of that height acts on the job
+  reputation    (address, role) -> score in [0, 10_000]; absent = params.reputation_default
+
+Supply: balances, bonded and unbonding stake, the fee pool, proposal deposits, job escrow (the
+bounty of a job not yet settled), solver bonds (of bids and of assigned jobs), the verifier
+pool and the treasury. `check_invariants` asserts minted == supply + burned.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from gossip.envelope import packb
 from ledger.errors import UnknownAccount
 from ledger.params import Params
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 MAX_SUPPLY = 2**63 - 1
 
 
@@ -85,6 +94,64 @@ class ValidatorPower:
 
 ValidatorSet = tuple[ValidatorPower, ...]
 
+REPUTATION_MAX = 10_000
+# Job statuses. The bounty is in escrow while the job is in ESCROW_STATUSES, the winner's bond
+# while it is in BONDED_STATUSES; every other status is final and holds nothing.
+ESCROW_STATUSES = frozenset({"open", "assigned", "committed", "disputed"})
+BONDED_STATUSES = frozenset({"assigned", "committed", "disputed"})
+FINAL_STATUSES = frozenset({"finalized", "expired", "missed", "cancelled", "reversed"})
+# Statuses in which end_block acts on the job at its due height ("disputed" waits on the dispute game).
+TIMED_STATUSES = frozenset({"open", "assigned", "committed"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    owner: str
+    arch: str
+    royalty_bps: int
+    registered_height: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bid:
+    price: int
+    bond: int  # locked from the solver's balance until the bid loses or the job settles
+    encryption_key: bytes  # X25519 public key the job's input is encrypted to
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    submitter: str
+    spec_hash: str
+    model_hash: str
+    kind: str  # "inference" or "training"
+    bounty: int
+    requirements: tuple[tuple[str, int], ...]  # sorted by name
+    bid_window_blocks: int
+    deadline_blocks: int
+    challenge_window_blocks: int
+    post_height: int
+    status: str
+    due_height: int  # end_block of this height acts on the job (0 once it needs no timer)
+    solver: str = ""
+    price: int = 0
+    bond: int = 0
+    encryption_key: bytes = b""
+    assigned_height: int = 0
+    output_hash: str = ""
+    trace_root: str = ""
+    result_size: int = 0
+    commit_height: int = 0
+    challenger: str = ""
+    closed_height: int = 0
+
+    def held(self) -> int:
+        """Tokens this job holds now: its escrowed bounty and the winner's bond, by status."""
+        return (self.bounty if self.status in ESCROW_STATUSES else 0) + (
+            self.bond if self.status in BONDED_STATUSES else 0
+        )
+
 
 @dataclass(slots=True)
 class State:
@@ -106,6 +173,13 @@ class State:
     tombstones: dict[tuple[str, int], int] = field(default_factory=dict)
     validator_set: ValidatorSet = ()  # the set that signs the current height
     pending_sets: dict[int, ValidatorSet] = field(default_factory=dict)
+    treasury: int = 0  # treasury share of job payouts
+    verifier_pool: int = 0  # verifiers' share of job payouts, for the verifier reward epochs
+    models: dict[str, ModelRecord] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    bids: dict[tuple[str, str], Bid] = field(default_factory=dict)
+    job_timers: dict[tuple[int, str], str] = field(default_factory=dict)
+    reputation: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def copy(self) -> State:
         """An independent copy (records are immutable, so copying the tables is enough)."""
@@ -125,6 +199,11 @@ TABLES = (
     "votes",
     "tombstones",
     "pending_sets",
+    "models",
+    "jobs",
+    "bids",
+    "job_timers",
+    "reputation",
 )
 SCALARS = (
     "height",
@@ -136,6 +215,8 @@ SCALARS = (
     "next_proposal_id",
     "params",
     "validator_set",
+    "treasury",
+    "verifier_pool",
 )
 _MISSING = object()
 
@@ -208,6 +289,11 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "votes": bool,
     "tombstones": int,
     "pending_sets": _vset,
+    "models": lambda r: ModelRecord(*r),
+    "jobs": lambda r: Job(*r[:5], _pairs(r[5]), *r[6:]),
+    "bids": lambda r: Bid(*r),
+    "job_timers": str,
+    "reputation": int,
 }
 
 
@@ -223,6 +309,8 @@ def encode_state(state: State) -> bytes:
         state.next_proposal_id,
         state.params.to_dict(),
         _enc(state.validator_set),
+        state.treasury,
+        state.verifier_pool,
     ]
     tables = [[[_enc(k), _enc(v)] for k, v in sorted(getattr(state, t).items())] for t in TABLES]
     return packb([STATE_VERSION, state.chain_id, scalars, tables])
@@ -245,6 +333,7 @@ def decode_state(data: bytes) -> State:
             state.next_proposal_id,
         ) = scalars[:7]
         state.validator_set = _vset(scalars[8])
+        state.treasury, state.verifier_pool = scalars[9:11]
         for name, rows in zip(TABLES, tables, strict=True):
             decode = _DECODERS[name]
             setattr(state, name, {(tuple(k) if isinstance(k, list) else k): decode(v) for k, v in rows})
@@ -324,14 +413,52 @@ def total_bonded(state: State) -> int:
 
 
 def total_supply(state: State) -> int:
-    """Everything that exists: balances, bonded, unbonding, the fee pool and proposal deposits."""
+    """Everything that exists: balances, bonded, unbonding, the fee pool, proposal deposits and the market
+    (job escrow and bonds, bid bonds, the verifier pool and the treasury)."""
     return (
         sum(a.balance for a in state.accounts.values())
         + total_bonded(state)
         + sum(e.amount for entries in state.unbonding.values() for e in entries)
         + state.fee_pool
         + sum(p.deposit for p in state.proposals.values())
+        + market_held(state)
     )
+
+
+def market_held(state: State) -> int:
+    """Tokens held by the market: escrowed bounties, bonds of jobs and bids, the two pools."""
+    return (
+        sum(job.held() for job in state.jobs.values())
+        + sum(b.bond for b in state.bids.values())
+        + state.verifier_pool
+        + state.treasury
+    )
+
+
+def _market_problems(state: State) -> list[str]:
+    problems: list[str] = []
+    if min(state.treasury, state.verifier_pool) < 0:
+        problems.append(f"bad pools: treasury {state.treasury}, verifiers {state.verifier_pool}")
+    timers = {jid: (h, status) for (h, jid), status in state.job_timers.items()}
+    if len(timers) != len(state.job_timers) or not set(timers) <= set(state.jobs):
+        problems.append("job timers do not match the jobs one to one")
+    for jid, job in sorted(state.jobs.items()):
+        if job.status not in ESCROW_STATUSES | FINAL_STATUSES or min(job.bounty, job.bond, job.price) < 0:
+            problems.append(f"job {jid}: status {job.status!r}, bounty {job.bounty}, bond {job.bond}")
+        wanted = (job.due_height, job.status) if job.status in TIMED_STATUSES else None
+        if timers.get(jid) != wanted:
+            problems.append(f"job {jid} ({job.status}) has timer {timers.get(jid)}, expected {wanted}")
+    problems += [
+        f"bid {k} is on a job that is not open, or its bond is negative"
+        for k, b in sorted(state.bids.items())
+        if b.bond < 0 or k[0] not in state.jobs or state.jobs[k[0]].status != "open"
+    ]
+    problems += [
+        f"reputation {k} = {r} is outside [0, {REPUTATION_MAX}]"
+        for k, r in sorted(state.reputation.items())
+        if not 0 <= r <= REPUTATION_MAX
+    ]
+    return problems
 
 
 def check_invariants(state: State) -> None:
@@ -360,6 +487,7 @@ def check_invariants(state: State) -> None:
             problems.append(
                 f"validator {addr}: self_stake {v.self_stake}, delegated {v.delegated} != {sums.get(addr, 0)}"
             )
+    problems += _market_problems(state)
     if min(state.burned, state.fee_pool) < 0 or state.minted > MAX_SUPPLY:
         problems.append(
             f"bad totals: burned {state.burned}, fee pool {state.fee_pool}, minted {state.minted}"

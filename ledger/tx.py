@@ -93,6 +93,45 @@ def check_param_changes(value: Any) -> None:
         check_uint(new, f"param {name}")
 
 
+# ---- market fields (ledger.models, ledger.jobs) ----
+JOB_KINDS = ("inference", "training")
+JOB_REQUIREMENTS = ("max_price", "min_reputation", "min_stake")
+MAX_ARCH_LEN = 32
+_HEX = frozenset("0123456789abcdef")
+_ARCH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def check_hash_hex(value: Any) -> None:
+    """A content hash: 64 lowercase hex characters (sha256), the one canonical spelling."""
+    if not isinstance(value, str) or len(value) != 64 or not set(value) <= _HEX:
+        raise InvalidTx(f"hash must be 64 lowercase hex characters, got {value!r}")
+
+
+def check_arch(value: Any) -> None:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ARCH_LEN or not set(value) <= _ARCH_CHARS:
+        raise InvalidTx(f"arch must be 1..{MAX_ARCH_LEN} characters of [a-z0-9_.-], got {value!r}")
+
+
+def check_job_kind(value: Any) -> None:
+    if not isinstance(value, str) or value not in JOB_KINDS:
+        raise InvalidTx(f"job kind must be one of {', '.join(JOB_KINDS)}, got {value!r}")
+
+
+def check_x25519_key(value: Any) -> None:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise InvalidTx("encryption_key must be a 32-byte X25519 public key")
+
+
+def check_requirements(value: Any) -> None:
+    """A map of some of JOB_REQUIREMENTS to unsigned integers (min_reputation at most 10_000)."""
+    if not isinstance(value, dict) or not set(value) <= set(JOB_REQUIREMENTS):
+        raise InvalidTx(f"requirements must be a map with keys among {', '.join(JOB_REQUIREMENTS)}")
+    for name in sorted(value):
+        check_uint(value[name], f"requirement {name}")
+    if value.get("min_reputation", 0) > BPS:
+        raise InvalidTx(f"requirement min_reputation must be at most {BPS}")
+
+
 # Body schema per tx type: field name -> check. A body must have exactly these fields.
 BODY_SCHEMAS: dict[str, dict[str, FieldCheck]] = {
     "transfer": {"to": check_address, "amount": check_amount},
@@ -104,6 +143,31 @@ BODY_SCHEMAS: dict[str, dict[str, FieldCheck]] = {
     "unjail": {},
     "param_change": {"changes": check_param_changes},
     "vote": {"proposal": check_uint, "option": check_vote_option},
+    "model_register": {"model_hash": check_hash_hex, "arch": check_arch, "royalty_bps": check_bps},
+    "model_transfer": {"model_hash": check_hash_hex, "to": check_address},
+    "job_post": {
+        "spec_hash": check_hash_hex,
+        "model_hash": check_hash_hex,
+        "kind": check_job_kind,
+        "bounty": check_amount,
+        "bid_window_blocks": check_uint,
+        "deadline_blocks": check_uint,
+        "challenge_window_blocks": check_uint,
+        "requirements": check_requirements,
+    },
+    "job_bid": {
+        "job_id": check_hash_hex,
+        "price": check_amount,
+        "bond": check_uint,
+        "encryption_key": check_x25519_key,
+    },
+    "job_commit": {
+        "job_id": check_hash_hex,
+        "output_hash": check_hash_hex,
+        "trace_root": check_hash_hex,
+        "result_size": check_uint,
+    },
+    "job_cancel": {"job_id": check_hash_hex},
 }
 
 

@@ -7,6 +7,9 @@ Endpoints (JSON unless noted; errors are `{"error": "..."}` with a 4xx code):
   GET  /metrics                         Prometheus text of this peer's registry
   POST /gossip/publish                  {"topic": "tasks", "body": <json>, "kind"?: str} -> {"msg_id": hex}
   GET  /gossip/received?topic=&since=N  envelopes received on a topic after index N
+Ledger endpoints (POST /tx, /query/..., GET /ledger/status) come from `peer.ledger_api`, added
+as extra routes; a route ending in "/" matches every path under it (the handler reads the
+rest). Errors are `{"error": "...", "code": "..."}` where a ledger error code applies.
 It listens on loopback by default and has no authentication; it reads the peer through the
 small `PeerView` interface, so it never touches the peer's state directly.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -62,9 +65,9 @@ class PeerView(Protocol):
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.code = status, message, code
 
 
 @dataclass(frozen=True)
@@ -108,10 +111,15 @@ def json_response(payload: Any, status: int = 200) -> Response:
 class ApiApp:
     """ASGI application over a `PeerView`."""
 
-    def __init__(self, view: PeerView, logger: structlog.stdlib.BoundLogger | None = None) -> None:
+    def __init__(
+        self,
+        view: PeerView,
+        logger: structlog.stdlib.BoundLogger | None = None,
+        extra_routes: Mapping[str, Mapping[str, Handler]] | None = None,
+    ) -> None:
         self.view = view
         self.log = logger or get_logger("hivemesh.api")
-        self.routes: dict[str, dict[str, Handler]] = {
+        self.routes: dict[str, Mapping[str, Handler]] = {
             "/health": {"GET": self.health},
             "/status": {"GET": self.status},
             "/peers": {"GET": self.peers},
@@ -119,6 +127,16 @@ class ApiApp:
             "/gossip/publish": {"POST": self.publish},
             "/gossip/received": {"GET": self.received},
         }
+        self.routes.update(extra_routes or {})
+        # "/query/block/" style routes, longest first so the most specific one wins.
+        self.prefixes = sorted((r for r in self.routes if r.endswith("/")), key=len, reverse=True)
+
+    def _route(self, path: str) -> Mapping[str, Handler] | None:
+        exact = self.routes.get(path.rstrip("/") or "/")
+        if exact is not None:
+            return exact
+        under = (p for p in self.prefixes if path.startswith(p) and len(path) > len(p))
+        return next((self.routes[p] for p in under), None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -138,7 +156,7 @@ class ApiApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         extra_headers: list[tuple[bytes, bytes]] = []
         try:
-            methods = self.routes.get(scope["path"].rstrip("/") or "/")
+            methods = self._route(scope["path"])
             if methods is None:
                 raise HttpError(404, f"no such endpoint: {scope['path']}")
             handler = methods.get(scope["method"])
@@ -153,7 +171,8 @@ class ApiApp:
                 Request(scope["method"], scope["path"], query, body)
             )
         except HttpError as e:
-            status, payload, content_type = json_response({"error": e.message}, e.status)
+            error = {"error": e.message} if e.code is None else {"error": e.message, "code": e.code}
+            status, payload, content_type = json_response(error, e.status)
         except Exception:
             self.log.exception("api request failed", path=scope.get("path"), method=scope.get("method"))
             status, payload, content_type = json_response(

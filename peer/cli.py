@@ -19,7 +19,9 @@ from peer import render
 from peer.client import ApiClient, api_url
 from peer.config import load_config
 from peer.errors import ConfigError, PeerError
+from peer.genesis_file import install_genesis, read_genesis
 from peer.home import Home, init_home, load_identity, resolve_home
+from peer.tx_cli import genesis_app, ledger_app, query_app, tx_app
 from peer.version import __version__
 
 app = typer.Typer(
@@ -33,6 +35,10 @@ gossip_app = typer.Typer(help="Publish and read gossip through the running peer.
 cluster_app = typer.Typer(help="Local clusters of real peer processes on loopback.", no_args_is_help=True)
 app.add_typer(gossip_app, name="gossip")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(tx_app, name="tx")
+app.add_typer(query_app, name="query")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(genesis_app, name="genesis")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 ApiOpt = Annotated[
@@ -89,15 +95,22 @@ def init(
     listen: ListenOpt = None,
     bootstrap: BootstrapOpt = None,
     api: Annotated[str | None, typer.Option("--api", metavar="HOST:PORT", help="API listen address.")] = None,
+    genesis: Annotated[
+        Path | None,
+        typer.Option("--genesis", metavar="FILE", help="Genesis file of the chain to follow (copied in)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create the home directory, node key and a commented config.toml (idempotent)."""
     home = _home(ctx)
     given = {"listen": listen or None, "bootstrap": bootstrap or None, "api_listen": api}
     load_config(None, env={}, cli=given)  # validate before writing anything
+    if genesis is not None:
+        read_genesis(genesis)  # a bad file is refused before the home is touched
     result = init_home(home, listen=listen or None, bootstrap=bootstrap or None, api_listen=api)
     if not result.created_config and any(v is not None for v in given.values()):
         print(f"note: {home.config_path} already exists and was left unchanged", file=sys.stderr)
+    chain = install_genesis(home, genesis).chain_id if genesis is not None else None
     if as_json:
         render.print_json(
             {
@@ -105,12 +118,15 @@ def init(
                 "peer_id": result.identity.peer_id,
                 "created_key": result.created_key,
                 "created_config": result.created_config,
+                "chain_id": chain,
             }
         )
         return
     what = "initialised" if result.created_key or result.created_config else "already initialised"
     print(f"{what} {home.root}")
     print(f"peer id: {result.identity.peer_id}")
+    if chain is not None:
+        print(f"genesis: chain {chain} ({home.genesis_path})")
 
 
 @app.command("id")
@@ -224,13 +240,17 @@ def gossip_received(
 def cluster_up_cmd(
     peers: Annotated[int, typer.Option("--peers", min=1, max=64, help="Number of peers.")] = 3,
     directory: DirOpt = Path("cluster"),
+    validators: Annotated[
+        int | None,
+        typer.Option("--validators", min=1, max=64, help="How many peers validate (default: min(N, 4))."),
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the cluster.")] = 60.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start N peer processes on loopback, bootstrapped from the first; wait until connected."""
+    """Start N peers on loopback sharing one genesis (the first K validate), bootstrapped from the first."""
     from peer.cluster import cluster_status, cluster_up
 
-    cluster = cluster_up(directory, peers, timeout=timeout)
+    cluster = cluster_up(directory, peers, timeout=timeout, validators=validators)
     rows = cluster_status(cluster.root)
     if as_json:
         render.print_json({"dir": str(cluster.root), "peers": rows})

@@ -8,6 +8,7 @@ a stale run.json left by a killed daemon, a 4xx/5xx from the daemon.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -66,14 +67,19 @@ class ApiClient:
             ) from None
         except httpx.TimeoutException:
             raise DaemonNotRunning(f"the daemon at {self.base_url} did not answer in time") from None
+        except httpx.RemoteProtocolError as e:
+            raise DaemonNotRunning(f"the daemon at {self.base_url} closed the connection: {e}") from None
         except httpx.HTTPError as e:
             raise DaemonNotRunning(f"cannot talk to the daemon at {self.base_url}: {e}") from None
         if response.status_code >= 400:
+            code = None
             try:
-                message = str(response.json().get("error", response.text))
-            except ValueError:
+                payload = response.json()
+                message = str(payload.get("error", response.text))
+                code = payload.get("code") if isinstance(payload.get("code"), str) else None
+            except (ValueError, AttributeError):
                 message = response.text.strip() or response.reason_phrase
-            raise ApiError(response.status_code, message)
+            raise ApiError(response.status_code, message, code)
         return response
 
     def get_json(self, path: str, **params: Any) -> Any:
@@ -102,3 +108,33 @@ class ApiClient:
 
     def received(self, topic: str, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         return list(self.get_json("/gossip/received", topic=topic, since=since, limit=limit))
+
+    # ---- ledger ------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        tx_type: str,
+        body: dict[str, Any],
+        *,
+        fee: int | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Have the daemon sign `tx_type` with its key and submit it (POST /tx)."""
+        payload: dict[str, Any] = {"type": tx_type, "body": body, "wait": wait}
+        if fee is not None:
+            payload["fee"] = fee
+        if timeout is not None:
+            payload["timeout"] = timeout
+        return dict(self.post_json("/tx", payload))
+
+    def submit_raw(self, tx: bytes, *, wait: bool = False) -> dict[str, Any]:
+        return dict(self.post_json("/tx/raw", {"tx": tx.hex(), "wait": wait}))
+
+    def ledger_status(self) -> dict[str, Any]:
+        return dict(self.get_json("/ledger/status"))
+
+    def query(self, what: str, arg: str | int | None = None) -> Any:
+        """GET /query/<what>[/<arg>]: account, balance, block, validators, tx."""
+        path = f"/query/{what}" if arg is None else f"/query/{what}/{quote(str(arg), safe='')}"
+        return self.get_json(path)

@@ -1,9 +1,13 @@
 """Local multi-process clusters: N real peers on loopback, for development and tests.
 
 `cluster_up` gives every peer its own home `DIR/peer-<i>` (listen /ip4/127.0.0.1/tcp/0,
-API 127.0.0.1:0), starts peer 0, then the others bootstrapped from it, waits until every
+API 127.0.0.1:0), writes one genesis for all of them (`DIR/genesis.json`, copied into every
+home: every peer's account funded, the first K peers validators with equal self-stake, local
+test-net params), starts peer 0, then the others bootstrapped from it, waits until every
 peer serves its API and is connected, and records pids and addresses in `DIR/cluster.json`
 (written as soon as each process starts, so `cluster_down` can always clean up).
+A directory that already holds a genesis (a cluster brought down and up again) keeps it, so
+the peers resume their chain from their stores.
 `cluster_down` is idempotent: SIGTERM, wait, SIGKILL after the deadline.
 """
 
@@ -12,16 +16,21 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peer.client import ApiClient
+from peer.config import LOCAL_CONSENSUS
 from peer.errors import ClusterError, PeerError
+from peer.genesis_file import install_genesis, local_genesis, read_genesis, write_genesis
 from peer.home import Home, init_home, read_run_info
 from peer.procs import owns_home, pid_alive, spawn_peer, stop_pids, wait_for, wait_serving
 
 CLUSTER_FILE = "cluster.json"
+GENESIS_FILE = "genesis.json"
+DEFAULT_VALIDATORS = 4
 CLUSTER_LISTEN = "/ip4/127.0.0.1/tcp/0"
 CLUSTER_API = "127.0.0.1:0"
 MAX_PEERS = 64
@@ -86,10 +95,25 @@ def _loopback_addr(listen: list[str]) -> str:
     raise ClusterError(f"peer 0 reports no loopback address to bootstrap from: {listen}")
 
 
-def cluster_up(root: Path, peers: int, timeout: float = 60.0) -> Cluster:
-    """Start `peers` peer processes under `root`; returns once all are serving and connected."""
+def cluster_up(
+    root: Path,
+    peers: int,
+    timeout: float = 60.0,
+    validators: int | None = None,
+    extra_accounts: Sequence[str] = (),
+) -> Cluster:
+    """Start `peers` peer processes under `root`; returns once all are serving and connected.
+
+    The first `validators` peers (default min(peers, 4)) are the chain's genesis validators;
+    `extra_accounts` are funded at genesis too (benchmarks sign with their keys).
+    """
     if not 1 <= peers <= MAX_PEERS:
         raise ClusterError(f"--peers must be between 1 and {MAX_PEERS}, got {peers}")
+    validators = min(peers, DEFAULT_VALIDATORS) if validators is None else validators
+    if not 1 <= validators <= peers:
+        raise ClusterError(
+            f"--validators must be between 1 and the number of peers ({peers}), got {validators}"
+        )
     root = root.expanduser().absolute()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -102,8 +126,15 @@ def cluster_up(root: Path, peers: int, timeout: float = 60.0) -> Cluster:
         )
     cluster = Cluster(root)
     homes = [Home(root / f"peer-{i}") for i in range(peers)]
+    ids = [
+        init_home(
+            home, listen=[CLUSTER_LISTEN], api_listen=CLUSTER_API, consensus=LOCAL_CONSENSUS
+        ).identity.peer_id
+        for home in homes
+    ]
+    genesis_path = write_cluster_genesis(root, ids, validators, extra_accounts)
     for home in homes:
-        init_home(home, listen=[CLUSTER_LISTEN], api_listen=CLUSTER_API)
+        install_genesis(home, genesis_path)
     deadline = time.monotonic() + timeout
     run_args = ["--listen", CLUSTER_LISTEN, "--api", CLUSTER_API]
     try:
@@ -125,6 +156,23 @@ def cluster_up(root: Path, peers: int, timeout: float = 60.0) -> Cluster:
         cluster_down(root, timeout=5.0)
         raise
     return cluster
+
+
+def write_cluster_genesis(
+    root: Path, peer_ids: list[str], validators: int, extra_accounts: Sequence[str] = ()
+) -> Path:
+    """`root/genesis.json` for these peers (kept as it is when it already lists exactly them)."""
+    path = root / GENESIS_FILE
+    accounts = [*peer_ids, *extra_accounts]
+    wanted = local_genesis(accounts, peer_ids[:validators], chain_id=f"hivemesh-{root.name}"[:64])
+    if path.exists():
+        existing = read_genesis(path)
+        same_peers = set(existing.balances) == set(accounts)
+        same_validators = [v.address for v in existing.validators] == peer_ids[:validators]
+        if same_peers and same_validators:
+            return path
+    write_genesis(path, wanted)
+    return path
 
 
 def _left(deadline: float) -> float:

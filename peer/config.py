@@ -74,6 +74,9 @@ class Config(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     sync_interval: float = Field(default=1.0, gt=0, le=3600)
+    consensus_propose_ms: int = Field(default=3000, ge=10, le=600_000)
+    consensus_vote_ms: int = Field(default=1000, ge=10, le=600_000)
+    consensus_delta_ms: int = Field(default=500, ge=0, le=600_000)
 
     @field_validator("listen")
     @classmethod
@@ -172,10 +175,19 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
+# Round timeouts of a local test net (`hivemesh cluster up`): every peer is on this machine.
+LOCAL_CONSENSUS = {"consensus_propose_ms": 1000, "consensus_vote_ms": 500, "consensus_delta_ms": 250}
+
+
 def config_template(
-    listen: list[str] | None = None, bootstrap: list[str] | None = None, api_listen: str | None = None
+    listen: list[str] | None = None,
+    bootstrap: list[str] | None = None,
+    api_listen: str | None = None,
+    consensus: dict[str, int] | None = None,
 ) -> str:
-    """The commented config.toml written by `hivemesh init`."""
+    """The commented config.toml written by `hivemesh init` (`consensus`: non-default timeouts)."""
+    defaults = Config()
+    timeouts = {name: getattr(defaults, name) for name in LOCAL_CONSENSUS} | (consensus or {})
     return f"""\
 # hivemesh peer configuration.
 # Precedence: command-line options > environment (HIVEMESH_<SETTING>, lists comma-separated)
@@ -200,4 +212,11 @@ log_format = "auto"
 
 # Seconds between anti-entropy rounds with neighbours.
 sync_interval = 1.0
+
+# Ledger consensus round timeouts in milliseconds (used when the home has a genesis.json):
+# waiting for a proposal, for votes after a +2/3 of any votes, and the growth per round
+# (round r waits base + r * delta). Every validator of a chain should use the same values.
+consensus_propose_ms = {timeouts["consensus_propose_ms"]}
+consensus_vote_ms = {timeouts["consensus_vote_ms"]}
+consensus_delta_ms = {timeouts["consensus_delta_ms"]}
 """

@@ -1,11 +1,14 @@
 """The peer daemon: one trio nursery that owns every task of a running peer.
 
 `Peer.serve` starts, in order, the libp2p transport, the gossip node, the bootstrap dialer,
-peer exchange, one drain task per gossip topic (feeding the received log) and the local HTTP
-API, then reports a `RunInfo`. `run_daemon` adds what a process needs around it (the CLI has already
-validated the config and loaded the key): logging, the home lock, run.json, the start-up
-banner, and SIGINT/SIGTERM handling (first signal: cancel the root nursery, which closes the
-host, releases the ports and removes run.json, exit code 0; second signal: exit at once).
+peer exchange, one drain task per application gossip topic (tasks, votes: feeding the received
+log), the ledger when the home has a genesis (a `LedgerNode` over `<home>/data/ledger.sqlite`;
+it owns the tx and consensus topics) and the local HTTP API, then reports a `RunInfo`.
+`run_daemon` adds what a process needs around it (the CLI has already validated the config
+and loaded the key; it reads the home's genesis.json here): logging, the home lock,
+run.json, the start-up banner, and SIGINT/SIGTERM handling (first signal: cancel the root
+nursery, which closes the host, releases the ports and removes run.json, exit code 0;
+second signal: exit at once).
 
 Error handling: problems the operator can fix (port in use, bad config, unreadable key)
 surface as `PeerError` with one readable line; anything else propagates.
@@ -17,7 +20,9 @@ import ipaddress
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -31,20 +36,25 @@ from gossip.identity import Identity
 from gossip.libp2p_transport import Libp2pTransport
 from gossip.node import GossipNode
 from gossip.peerexchange import PeerExchange
-from gossip.topics import TOPIC_CONSENSUS, TOPIC_TASKS, TOPIC_TX, TOPIC_VOTES
+from gossip.topics import TOPIC_TASKS, TOPIC_VOTES
+from ledger.consensus import TimeoutConfig
+from ledger.errors import LedgerError
+from ledger.genesis import Genesis
 from peer.api import ApiApp, serve_api
 from peer.config import Config, parse_host_port
 from peer.errors import PeerError
+from peer.genesis_file import home_genesis
 from peer.home import Home, RunInfo, daemon_lock, remove_run_info, write_run_info
+from peer.ledger_api import LedgerRoutes
+from peer.ledger_service import LedgerService
 from peer.logs import configure_logging, get_logger
 from peer.metrics import PeerMetrics
 from peer.received import ReceivedLog
 from peer.version import __version__
 
-# Short names used by the API and the CLI ("tasks") for the gossip topics.
+# Short names used by the API and the CLI ("tasks") for the gossip topics the daemon logs and
+# publishes on. The ledger subscribes to the tx and consensus topics itself (one subscriber each).
 TOPICS: dict[str, str] = {
-    "tx": TOPIC_TX,
-    "consensus": TOPIC_CONSENSUS,
     "tasks": TOPIC_TASKS,
     "votes": TOPIC_VOTES,
 }
@@ -82,8 +92,20 @@ def _interface_ips(family: int) -> list[str]:
 class Peer:
     """A running peer's components and the read-only view the API needs (`api.PeerView`)."""
 
-    def __init__(self, config: Config, identity: Identity, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        identity: Identity,
+        registry: CollectorRegistry | None = None,
+        *,
+        genesis: Genesis | None = None,
+        ledger_path: Path | None = None,
+    ) -> None:
+        if (genesis is None) != (ledger_path is None):
+            raise ValueError("a ledger needs both a genesis and a store path")
         self.config = config
+        self.genesis, self.ledger_path = genesis, ledger_path
+        self.ledger: LedgerService | None = None
         self.identity = identity
         self.peer_id = identity.peer_id
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -103,25 +125,61 @@ class Peer:
     async def serve(self, *, task_status: trio.TaskStatus[RunInfo] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every component until cancelled; `nursery.start` returns the RunInfo once all are up."""
         channels = {name: self.node.subscribe(topic) for name, topic in TOPICS.items()}
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.transport.serve)
-            await nursery.start(self.node.serve)
-            await nursery.start(self.dialer.serve)
-            await nursery.start(self.exchange.serve)
-            for name, channel in channels.items():
-                nursery.start_soon(self.received_logs[name].drain, channel, name=f"received-log:{name}")
-            api = ApiApp(self, self.log.bind(component="api"))
-            self.api_address = await nursery.start(serve_api, api, self.config.api_listen)
-            task_status.started(
-                RunInfo(
-                    pid=os.getpid(),
-                    peer_id=self.peer_id,
-                    listen=self.transport.listen_addrs(),
-                    api=self.api_address,
-                    version=__version__,
-                    started_at=time.time(),
-                )
+        with ExitStack() as stack:
+            if self.genesis is not None and self.ledger_path is not None:
+                self.ledger = stack.enter_context(self._open_ledger(self.genesis, self.ledger_path))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.transport.serve)
+                await nursery.start(self.node.serve)
+                await nursery.start(self.dialer.serve)
+                await nursery.start(self.exchange.serve)
+                for name, channel in channels.items():
+                    nursery.start_soon(self.received_logs[name].drain, channel, name=f"received-log:{name}")
+                if self.ledger is not None:
+                    await nursery.start(self.ledger.node.serve)
+                routes = LedgerRoutes(self.ledger).routes()
+                api = ApiApp(self, self.log.bind(component="api"), extra_routes=routes)
+                self.api_address = await nursery.start(serve_api, api, self.config.api_listen)
+                self._started(task_status)
+
+    def _started(self, task_status: trio.TaskStatus[RunInfo]) -> None:
+        assert self.api_address is not None
+        task_status.started(
+            RunInfo(
+                pid=os.getpid(),
+                peer_id=self.peer_id,
+                listen=self.transport.listen_addrs(),
+                api=self.api_address,
+                version=__version__,
+                started_at=time.time(),
             )
+        )
+
+    @contextmanager
+    def _open_ledger(self, genesis: Genesis, path: Path) -> Iterator[LedgerService]:
+        """Open the block store and build the ledger node (it subscribes its topics now, before
+        the gossip node serves); the store is closed when the peer stops."""
+        from ledger.node import LedgerNode
+
+        from ledger.store import LedgerStore
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            store = LedgerStore(path)
+        except LedgerError as e:
+            raise PeerError(f"cannot open the ledger store {path}: {e}") from None
+        try:
+            node = LedgerNode(
+                self.node,
+                self.identity,
+                store,
+                genesis,
+                registry=self.registry,
+                timeouts=consensus_timeouts(self.config),
+            )
+            yield LedgerService(node, store, self.identity, genesis)
+        finally:
+            store.close()
 
     # --- api.PeerView -------------------------------------------------------------------
 
@@ -138,6 +196,7 @@ class Peer:
             "uptime_s": round(self.metrics.uptime_seconds(), 3),
             "gossip": self.node.stats(),
             "received": {name: len(log) for name, log in self.received_logs.items()},
+            "ledger": None if self.ledger is None else {"height": self.ledger.node.height},
         }
 
     def peers(self) -> list[dict[str, Any]]:
@@ -164,20 +223,36 @@ class Peer:
         return self.received_logs[topic].since(since, limit)
 
 
+def consensus_timeouts(config: Config) -> TimeoutConfig:
+    """Round timeouts from the config: base + round * delta for each step."""
+    vote, delta = config.consensus_vote_ms, config.consensus_delta_ms
+    return TimeoutConfig(
+        propose_ms=config.consensus_propose_ms,
+        propose_delta_ms=delta,
+        prevote_ms=vote,
+        prevote_delta_ms=delta,
+        precommit_ms=vote,
+        precommit_delta_ms=delta,
+        rebroadcast_ms=max(config.consensus_propose_ms, 2 * vote),
+        rebroadcast_delta_ms=delta,
+    )
+
+
 def run_daemon(home: Home, config: Config, identity: Identity) -> None:
     """Run a peer in this process until SIGINT/SIGTERM. Raises PeerError for operator errors."""
+    genesis = home_genesis(home)  # a bad genesis.json is refused before anything starts
     with daemon_lock(home):
         try:
-            trio.run(_main, home, config, identity)
+            trio.run(_main, home, config, identity, genesis)
         finally:
             remove_run_info(home, os.getpid())
 
 
-async def _main(home: Home, config: Config, identity: Identity) -> None:
+async def _main(home: Home, config: Config, identity: Identity, genesis: Genesis | None) -> None:
     configure_logging(config.log_level, config.log_format)
     log = get_logger("hivemesh.peer", peer_id=identity.peer_id)
     try:
-        await _run_until_signal(home, config, identity, log)
+        await _run_until_signal(home, config, identity, genesis, log)
     except BaseExceptionGroup as group:
         error = _operator_error(group)
         if error is None:
@@ -188,7 +263,9 @@ async def _main(home: Home, config: Config, identity: Identity) -> None:
     log.info("peer stopped")
 
 
-async def _run_until_signal(home: Home, config: Config, identity: Identity, log: BoundLogger) -> None:
+async def _run_until_signal(
+    home: Home, config: Config, identity: Identity, genesis: Genesis | None, log: BoundLogger
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as outer:
             root = trio.CancelScope()
@@ -196,7 +273,8 @@ async def _run_until_signal(home: Home, config: Config, identity: Identity, log:
             try:
                 with root:
                     async with trio.open_nursery() as nursery:
-                        peer = Peer(config, identity)
+                        ledger_path = home.ledger_path if genesis is not None else None
+                        peer = Peer(config, identity, genesis=genesis, ledger_path=ledger_path)
                         info = await nursery.start(peer.serve)
                         write_run_info(home, info)
                         _announce(info, log)

@@ -24,12 +24,17 @@ class DaemonNotRunning(PeerError):
 
 
 class ApiError(PeerError):
-    """The daemon answered with an error (4xx/5xx)."""
+    """The daemon answered with an error (4xx/5xx); `code` is the ledger's error code when it gave one."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"daemon refused the request ({status}): {message}")
-        self.status, self.message = status, message
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        what = f"{code}: " if code else ""
+        super().__init__(f"daemon refused the request ({status}): {what}{message}")
+        self.status, self.message, self.code = status, message, code
 
 
 class ClusterError(PeerError):
     """A local cluster could not be started, queried or stopped."""
+
+
+class GenesisError(PeerError):
+    """A genesis file is missing, unreadable or not a valid genesis."""

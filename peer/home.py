@@ -2,7 +2,8 @@
 
 Layout (like CometBFT's): `config.toml` (commented, written by `hivemesh init`),
 `keys/node.key` (Ed25519 seed, mode 0600; refused when group/world-readable),
-`data/` (blobs, later the ledger database), `run.json` (written by a running daemon: pid,
+`genesis.json` (the chain this peer follows; without it the peer runs no ledger),
+`data/` (blobs, `ledger.sqlite`: the block store), `run.json` (written by a running daemon: pid,
 peer id, listen addresses, API address; removed on clean exit) and `daemon.lock` (held by
 the running daemon so two daemons never share a home).
 """
@@ -47,6 +48,14 @@ class Home:
         return self.data_dir / "blobs"
 
     @property
+    def genesis_path(self) -> Path:
+        return self.root / "genesis.json"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite"
+
+    @property
     def run_path(self) -> Path:
         return self.root / "run.json"
 
@@ -88,6 +97,7 @@ def init_home(
     listen: list[str] | None = None,
     bootstrap: list[str] | None = None,
     api_listen: str | None = None,
+    consensus: dict[str, int] | None = None,
 ) -> InitResult:
     """Create the layout; keep an existing key and config.toml untouched (idempotent)."""
     try:
@@ -100,7 +110,7 @@ def init_home(
             identity.save(home.key_path)
         created_config = not home.config_path.exists()
         if created_config:
-            _write_atomic(home.config_path, config_template(listen, bootstrap, api_listen).encode())
+            write_atomic(home.config_path, config_template(listen, bootstrap, api_listen, consensus).encode())
     except OSError as e:
         raise HomeError(f"cannot initialise {home.root}: {e.strerror or e}") from None
     return InitResult(identity, created_key, created_config)
@@ -116,7 +126,7 @@ def load_identity(home: Home) -> Identity:
         raise HomeError(f"cannot read key file {home.key_path}: {e.strerror or e}") from None
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -144,7 +154,7 @@ class RunInfo:
 
 
 def write_run_info(home: Home, info: RunInfo) -> None:
-    _write_atomic(home.run_path, json.dumps(asdict(info), indent=2).encode() + b"\n")
+    write_atomic(home.run_path, json.dumps(asdict(info), indent=2).encode() + b"\n")
 
 
 def read_run_info(home: Home) -> RunInfo | None:

@@ -7,10 +7,13 @@ drops and the byzantine node's choices, so one seed always replays the same run.
 Faults: a drop probability per message, partitions (groups that cannot talk until a heal
 time), silent validators (never send), crashes (a node loses everything but its durable
 last-signed record and decided blocks, then restarts), and byzantine validators that
-equivocate (sign a second, conflicting vote for every vote, and a second proposal for
-every proposal, and send both). Block sync is modelled as the real driver would do it: a node that hears of a
-height above its own asks the sender for the decided block of its height and feeds the
-answer to `Core.on_decided_block`.
+equivocate: for every vote they sign a second one for another value (nil, or a value
+proposed in that round), for every proposal a second proposal, and either show each peer
+one version (a random split) or send both versions in random order.
+
+Block sync is modelled as the real driver would do it: a node that hears of a height above
+its own asks the sender for the decided block of its height and feeds the answer to
+`Core.on_decided_block`.
 
 The checks (agreement, validity, termination, no honest double sign, persist-before-send)
 are recorded on the `SimResult`; tests assert them.
@@ -74,7 +77,7 @@ def sim_identity(index: int) -> Identity:
 class SimConfig:
     n: int = 4
     powers: list[int] | None = None  # defaults to 1 each
-    heights: int = 3  # run until every correct node has decided heights 1..heights
+    heights: int = 3  # run until every node that is neither byzantine nor silent decided 1..heights
     seed: int = 0
     drop: float = 0.0
     delay_ms: tuple[int, int] = (1, 10)
@@ -170,6 +173,7 @@ class Simulation:
         self.seq = 0
         self.queue: list[tuple[int, int, str, int, Any, int]] = []
         self.proposed: dict[int, set[bytes]] = {}
+        self.round_values: dict[tuple[int, int], list[bytes]] = {}  # value ids proposed per (h, r)
         self.evidence: list[tuple[int, DuplicateVoteEvidence]] = []
         self.rejected: list[tuple[int, str, str]] = []
         self.violations: list[str] = []
@@ -256,31 +260,47 @@ class Simulation:
             self.violations.append(f"honest node {node.index} signed two different messages for {key}")
 
     def _broadcast(self, node: SimNode, msg: Proposal | Vote) -> None:
-        if _author(msg) == node.address:
+        own = _author(msg) == node.address
+        if own:
             self._check_own(node, msg)
-            if isinstance(msg, Proposal):
-                self.proposed.setdefault(msg.height, set()).add(msg.value_id)
-        twin = (
-            self._twin(node, msg)
-            if node.index in self.cfg.byzantine and _author(msg) == node.address
-            else None
-        )
-        for peer in range(self.cfg.n):
-            if peer == node.index:
-                continue
-            order = [msg, twin] if twin is not None and self.rng.random() < 0.5 else [twin, msg]
-            for m in order:
-                if m is not None:
+        if isinstance(msg, Proposal):
+            self._note_proposal(msg)
+        peers = [p for p in range(self.cfg.n) if p != node.index]
+        if not own or node.index not in self.cfg.byzantine:
+            for peer in peers:
+                self._send(node.index, peer, "deliver", msg)
+            return
+        twin = self._twin(node, msg)
+        if self.rng.random() < 0.5:  # split: each peer sees one version only
+            for peer in peers:
+                self._send(node.index, peer, "deliver", twin if self.rng.random() < 0.5 else msg)
+        else:  # both versions to everyone, in random order
+            for peer in peers:
+                for m in self.rng.sample([msg, twin], 2):
                     self._send(node.index, peer, "deliver", m)
 
+    def _note_proposal(self, p: Proposal) -> None:
+        self.proposed.setdefault(p.height, set()).add(p.value_id)
+        values = self.round_values.setdefault((p.height, p.round), [])
+        if p.value_id not in values:
+            values.append(p.value_id)
+
     def _twin(self, node: SimNode, msg: Proposal | Vote) -> Proposal | Vote:
-        """The byzantine node's conflicting copy of a message it signs."""
+        """The byzantine node's conflicting copy of a message it signs: another real value if
+        there is one (a second proposal, or a vote for a value proposed in that round)."""
         sign = node.identity.sign
         if isinstance(msg, Proposal):
             value = b"block:evil:" + packb([msg.height, msg.round, self.rng.getrandbits(32)])
-            self.proposed.setdefault(msg.height, set()).add(value_id(value))
-            return Proposal.create(sign, CHAIN_ID, msg.height, msg.round, value, msg.pol_round, msg.proposer)
-        other = hashlib.sha256(b"evil" + packb(msg.to_wire())).digest() if msg.value_id is None else None
+            twin = Proposal.create(sign, CHAIN_ID, msg.height, msg.round, value, msg.pol_round, msg.proposer)
+            self._note_proposal(twin)
+            return twin
+        others = [v for v in self.round_values.get((msg.height, msg.round), []) if v != msg.value_id]
+        if msg.value_id is not None and (not others or self.rng.random() < 0.5):
+            other = None
+        elif others:
+            other = self.rng.choice(others)
+        else:
+            other = hashlib.sha256(b"evil" + packb(msg.to_wire())).digest()
         return Vote.create(sign, CHAIN_ID, msg.vote_type, msg.height, msg.round, other, msg.validator)
 
     def _deliver(self, node: SimNode, msg: Any, sender: int) -> None:
@@ -305,8 +325,10 @@ class Simulation:
             self._send(node.index, asker, "deliver", block)
 
     def _done(self) -> bool:
+        """Every node that can take part (neither byzantine nor silent) decided every height."""
         want = set(range(1, self.cfg.heights + 1))
-        return all(want <= n.decisions.keys() for n in self.nodes if n.index not in self.cfg.byzantine)
+        faulty = self.cfg.byzantine | self.cfg.silent
+        return all(want <= n.decisions.keys() for n in self.nodes if n.index not in faulty)
 
     def run(self) -> SimResult:
         for node in self.nodes:

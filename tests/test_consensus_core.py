@@ -17,6 +17,7 @@ from ledger.consensus import (
     Broadcast,
     Commit,
     ConflictingProposal,
+    ConsensusError,
     ConsensusStateError,
     Core,
     Decide,
@@ -116,17 +117,23 @@ def state(core: Core) -> tuple:
 
 
 def assert_persisted_first(effects: list, address: str) -> None:
-    last = None
+    """The first broadcast of each message we sign comes right after its PersistLastSigned."""
+    previous, broadcast = None, set()
     for e in effects:
-        if isinstance(e, PersistLastSigned):
-            last = e.record.key
-        elif (
+        if (
             isinstance(e, Broadcast)
             and getattr(e.message, "validator", getattr(e.message, "proposer", "")) == address
         ):
             m = e.message
-            step = Step.PROPOSE if isinstance(m, Proposal) else Step(int(m.vote_type))
-            assert last == (m.height, m.round, int(step)), "PersistLastSigned must precede the broadcast"
+            key = (
+                m.height,
+                m.round,
+                int(Step.PROPOSE if isinstance(m, Proposal) else Step(int(m.vote_type))),
+            )
+            if key not in broadcast:
+                assert isinstance(previous, PersistLastSigned) and previous.record.key == key, "persist first"
+                broadcast.add(key)
+        previous = e
 
 
 # -- validator sets ------------------------------------------------------------------------
@@ -226,7 +233,8 @@ def test_invalid_value_gets_a_nil_prevote_and_timeouts_move_the_round() -> None:
     assert (core.round, core.step) == (1, Step.PROPOSE)
     assert ScheduleTimeout(TimeoutKind.PROPOSE, 1, 1, 110) in effects  # init + round * delta
     assert core.on_timeout(Timeout(TimeoutKind.PROPOSE, 1, 0)) == []  # stale
-    assert own_votes(core.on_timeout(Timeout(TimeoutKind.PROPOSE, 1, 1))) == [(PV, None)]  # line 57
+    effects = core.on_timeout(Timeout(TimeoutKind.PROPOSE, 1, 1))  # line 57
+    assert [(m.round, m.vote_type) for m in sent(effects)] == [(0, PV), (0, PC), (1, PV)]  # round 0 repeated
     for a in OTHERS[:2]:
         effects = core.on_vote(vote(a, PV, None, r=1))
     assert own_votes(effects) == [(PC, None)]  # line 44: 2f+1 nil prevotes
@@ -451,20 +459,25 @@ def test_votekeeper_stores_only_a_few_rounds_ahead() -> None:
     assert keeper.skip_round(0) == 3  # more than 1/3 of the power has reached round 3
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.recursive(
-        st.none()
-        | st.booleans()
-        | st.integers(-(2**64), 2**64)
-        | st.binary(max_size=70)
-        | st.text(max_size=8),
-        lambda inner: (
-            st.lists(inner, max_size=8) | st.sampled_from(["vote", "proposal", "decided"]).map(lambda t: [t])
-        ),
-        max_leaves=30,
-    )
+LEAF = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64)
+    | st.sampled_from([0, 1, 2, -1, 32])
+    | st.binary(max_size=70)
+    | st.sampled_from([b"\0" * 32, b"\0" * 64, US])
+    | st.text(max_size=8)
 )
+ANY = st.recursive(LEAF, lambda inner: st.lists(inner, max_size=8), max_leaves=30)
+TAGGED = st.builds(
+    lambda tag, rest: [tag, *rest],
+    st.sampled_from(["vote", "proposal", "decided"]),
+    st.lists(ANY, max_size=7),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ANY | TAGGED)
 def test_decode_message_fuzz_raises_only_malformed(obj: object) -> None:
     try:
         decode_message(obj)
@@ -485,3 +498,37 @@ def test_wire_round_trip_and_well_formed_examples() -> None:
     for obj in bad:
         with pytest.raises(MalformedMessage):
             decode_message(obj)
+
+
+EVENT = st.one_of(
+    st.tuples(
+        st.just("vote"), st.sampled_from(OTHERS), st.sampled_from([PV, PC]), st.sampled_from([A, B, None])
+    ),
+    st.tuples(st.just("proposal"), st.sampled_from([A, B, b"junk"]), st.integers(-1, 2)),
+    st.tuples(st.just("timeout"), st.sampled_from(list(TimeoutKind))),
+).flatmap(lambda e: st.tuples(st.just(e), st.integers(0, 3)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(EVENT, max_size=60))
+def test_random_message_orders_never_make_the_core_sign_twice(events: list) -> None:
+    core, effects = make_core()
+    signed: dict[tuple[int, int, int], object] = {}
+    for (kind, *args), r in events:
+        try:
+            if kind == "vote":
+                addr, vt, value = args
+                effects += core.on_vote(vote(addr, vt, value, r=r))
+            elif kind == "proposal":
+                value, pol = args
+                effects += core.on_proposal(proposal(value, r=r, pol=min(pol, r - 1)))
+            else:
+                effects += core.on_timeout(Timeout(args[0], 1, core.round))
+        except (ConsensusError, MalformedMessage):
+            pass
+        assert -1 <= core.locked_round <= core.valid_round <= core.round
+    assert_persisted_first(effects, US)
+    for m in sent(effects):
+        if getattr(m, "validator", getattr(m, "proposer", None)) == US:
+            key = (m.height, m.round, int(getattr(m, "vote_type", 0)))
+            assert signed.setdefault(key, m) == m, f"signed two different messages for {key}"

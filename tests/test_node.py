@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -11,9 +12,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client import CollectorRegistry
 
-from gossip.antientropy import SYNC_PROTOCOL
+from gossip import antientropy
+from gossip.antientropy import DEEP_EVERY, FRESH_SPAN, ID_PREFIX, SYNC_MARGIN, SYNC_PROTOCOL
 from gossip.envelope import Envelope, packb
 from gossip.errors import InvalidMessage
 from gossip.identity import Identity
@@ -44,12 +47,14 @@ class Peer:
         return self.registry.get_sample_value(name, labels) or 0.0
 
 
-async def start_peer(nursery: trio.Nursery, net: MemoryNetwork, **subscribe: Any) -> Peer:
+async def start_peer(
+    nursery: trio.Nursery, net: MemoryNetwork, sync_interval: float = 0.05, **subscribe: Any
+) -> Peer:
     identity = Identity.generate()
     transport = net.transport(identity)
     await nursery.start(transport.serve)
     registry = CollectorRegistry()
-    node = GossipNode(transport, identity, registry, sync_interval=0.05)
+    node = GossipNode(transport, identity, registry, sync_interval=sync_interval)
     channel = node.subscribe(TOPIC_TX, **subscribe)
     await nursery.start(node.serve)
     return Peer(transport, node, channel, registry)
@@ -57,11 +62,15 @@ async def start_peer(nursery: trio.Nursery, net: MemoryNetwork, **subscribe: Any
 
 @asynccontextmanager
 async def cluster(
-    net: MemoryNetwork, count: int, edges: Sequence[tuple[int, int]] | None = None, **subscribe: Any
+    net: MemoryNetwork,
+    count: int,
+    edges: Sequence[tuple[int, int]] | None = None,
+    sync_interval: float = 0.05,
+    **subscribe: Any,
 ) -> AsyncIterator[list[Peer]]:
     """count nodes, connected in a line unless edges are given."""
     async with trio.open_nursery() as nursery:
-        peers = [await start_peer(nursery, net, **subscribe) for _ in range(count)]
+        peers = [await start_peer(nursery, net, sync_interval, **subscribe) for _ in range(count)]
         for a, b in edges if edges is not None else [(i, i + 1) for i in range(count - 1)]:
             await peers[a].transport.connect(peers[b].addr)
         yield peers
@@ -270,13 +279,92 @@ async def test_malformed_sync_requests_are_refused_and_penalised() -> None:
     async with cluster(net, 1) as (a,), raw_peer(net, a) as prober:
         rpc = RequestResponse(prober)
         env = await a.node.publish(TOPIC_TX, "tx", {"n": 1})
-        reply = await rpc.request(a.node.peer_id, SYNC_PROTOCOL, {"t": {TOPIC_TX: []}})
-        assert reply == {"e": [[TOPIC_TX, env.encode()]]}
-        assert await rpc.request(a.node.peer_id, SYNC_PROTOCOL, {"t": {TOPIC_TX: [env.msg_id]}}) == {"e": []}
-        for body in ({"t": "nope"}, {"t": {TOPIC_TX: [b"short"]}}, [1, 2]):
+
+        async def ask(span: float, ids: list[bytes]) -> Any:
+            return await rpc.request(a.node.peer_id, SYNC_PROTOCOL, {"t": {TOPIC_TX: {"s": span, "i": ids}}})
+
+        assert await ask(60, []) == {"e": [[TOPIC_TX, env.encode()]]}
+        assert await ask(60, [env.msg_id[:ID_PREFIX]]) == {"e": []}
+        assert await ask(SYNC_MARGIN, []) == {"e": []}  # nothing is offered inside the margin
+        bad_requests: list[Any] = [
+            {"t": "nope"},
+            {"t": {TOPIC_TX: {"s": 60, "i": [b"short"]}}},
+            {"t": {TOPIC_TX: {"s": 60, "i": [env.msg_id]}}},  # full ids: only prefixes are listed
+            {"t": {TOPIC_TX: {"s": -1, "i": []}}},
+            {"t": {TOPIC_TX: {"s": True, "i": []}}},
+            {"t": {TOPIC_TX: []}},
+            [1, 2],
+        ]
+        for body in bad_requests:
             with pytest.raises(RemoteError, match="sync request"):
                 await rpc.request(a.node.peer_id, SYNC_PROTOCOL, body)
-        assert a.node.scores.score(prober.peer_id) == pytest.approx(-30, abs=0.1)
+        assert a.node.scores.score(prober.peer_id) == pytest.approx(-10 * len(bad_requests), abs=0.1)
+
+
+async def test_sync_never_resends_what_the_asker_holds_even_past_the_id_limit(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    monkeypatch.setattr(antientropy, "MAX_SYNC_IDS", 10)
+    net = MemoryNetwork()
+    async with cluster(net, 2, sync_interval=1e6) as (a, b):  # rounds only when the test asks
+        for i in range(30):
+            await b.node.publish(TOPIC_TX, "tx", {"i": i})
+            await trio.sleep(1)
+        await take(a.channel, 30)
+        offered = a.node.stats()["received"]
+        for deep in (True, False):
+            assert await a.node.sync.sync_once(b.node.peer_id, deep=deep) == 0
+        # Only 10 ids fit in a request, so it covers a shorter span instead of inviting 20 resends.
+        assert a.node.stats()["received"] == offered
+        net.drop = 1.0
+        lost = await b.node.publish(TOPIC_TX, "tx", {"i": "lost"})
+        assert await a.node.sync.sync_once(b.node.peer_id) == 1
+        assert [e.msg_id for e in pending(a.channel)] == [lost.msg_id]
+        assert a.node.stats()["received"] == offered + 1  # the one it lacked, nothing else
+
+
+async def test_quiet_sync_rounds_are_small_and_back_off(autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    requests: list[tuple[float, dict[str, Any]]] = []
+    answer: list[Any] = []
+
+    async def server(peer: PeerId, body: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        requests.append((trio.current_time(), body["t"][TOPIC_TX]))
+        return {"e": [answer.pop()] if answer else []}
+
+    async with trio.open_nursery() as nursery:
+        identity = Identity.generate()
+        transport = net.transport(identity)
+        await nursery.start(transport.serve)
+        node = GossipNode(transport, identity, sync_interval=1.0)
+        node.subscribe(TOPIC_TX)
+        for i in range(50):  # old traffic, outside the fresh span by the time rounds run
+            await node.publish(TOPIC_TX, "tx", {"old": i})
+        async with raw_peer(net) as other:
+            RequestResponse(other).set_handler(SYNC_PROTOCOL, server)
+            await other.connect(transport.listen_addrs()[0])
+            await trio.sleep(FRESH_SPAN + 1)
+            await nursery.start(node.serve)
+            fresh = await node.publish(TOPIC_TX, "tx", {"new": 1})
+            await wait_until(lambda: len(requests) >= DEEP_EVERY + 2, timeout=600)
+            spans = [body["s"] for _, body in requests]
+            assert spans[0] == node.seen.recent_window and len(requests[0][1]["i"]) == 51  # first: deep
+            assert spans[DEEP_EVERY] == node.seen.recent_window  # and every DEEP_EVERY-th round
+            quiet = [body for i, (_, body) in enumerate(requests) if 0 < i < DEEP_EVERY]
+            assert all(b["s"] == FRESH_SPAN for b in quiet)
+            assert max(len(b["i"]) for b in quiet) <= 1  # only ids of the last few seconds
+            assert quiet[0]["i"] == [fresh.msg_id[:ID_PREFIX]]
+            gaps = [t2 - t1 for (t1, _), (t2, _) in itertools.pairwise(requests)]
+            assert all(gap >= 2.0 - 0.01 for gap in gaps[-5:])  # quiet: waits grew to 4 intervals +-50%
+            # A round that recovers something resets the wait and makes the next round deep.
+            answer.append([TOPIC_TX, Envelope.create(Identity.generate(), "tx", 1, {"x": 1}).encode()])
+            count = len(requests)
+            await wait_until(lambda: len(requests) >= count + 2, timeout=600)
+            (t1, _), (t2, after) = requests[count], requests[count + 1]
+            assert after["s"] == node.seen.recent_window and t2 - t1 <= 1.5 + 0.01
+            assert node.stats()["recovered_by_sync"] == 1
+        nursery.cancel_scope.cancel()
 
 
 async def test_mutated_envelopes_never_crash_the_node() -> None:

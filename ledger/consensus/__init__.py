@@ -9,8 +9,8 @@ Files and their jobs:
                     weighted round-robin proposer with priorities.
 * `votekeeper.py` — tallies votes per (round, type) by power; spots equivocation; bounds
                     memory against hostile validators; the f+1 round-skip query.
-* `core.py`       — Core, the state machine of Algorithm 1 (arXiv 1807.04938), and
-                    TimeoutConfig.
+* `core.py`       — Core, the state machine of Algorithm 1 (arXiv 1807.04938).
+* `config.py`     — TimeoutConfig (init + round x delta per kind) and input bounds.
 * `effects.py`    — what the core asks of its driver: Broadcast, ScheduleTimeout,
                     PersistLastSigned, RequestProposal, Decide, Evidence.
 * `evidence.py`   — DuplicateVoteEvidence and its stateless verification.
@@ -23,7 +23,8 @@ events and executes its effects in order.
 """
 
 from ledger.consensus.commit import check_commit, verify_commit
-from ledger.consensus.core import Core, TimeoutConfig
+from ledger.consensus.config import TimeoutConfig
+from ledger.consensus.core import Core
 from ledger.consensus.effects import (
     Broadcast,
     Decide,

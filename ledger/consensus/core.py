@@ -10,9 +10,10 @@ Rules are those of Algorithm 1, checked to a fixed point after every event (line
 from the paper): 22/28 prevote on a proposal, 34 schedule the prevote timeout, 36 lock and
 precommit, 44 precommit nil, 47 schedule the precommit timeout, 49 decide (any round), 55
 skip to a higher round on f+1 power, 57/61/65 timeouts. Additions for a lossy network:
-every timeout of the current round first re-broadcasts what we signed in it, and a
-REBROADCAST timeout repeats that periodically (the proposer also relays the prevotes that
-justify its pol_round), so no message is needed to arrive the first time.
+every timeout of the current round first re-broadcasts what we signed in it and our votes
+of the round before, and a REBROADCAST timeout repeats that periodically (the proposer
+also relays the prevotes that justify its pol_round), so no message needs to arrive the
+first time.
 
 Double-sign guard: nothing is signed at or below the last signed (height, round, step);
 each signature is preceded by a PersistLastSigned effect carrying it and the current lock.
@@ -27,10 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
 
 from gossip.identity import verify
 from ledger.consensus.commit import check_commit
+from ledger.consensus.config import FUTURE_BUFFER, PROPOSAL_ROUNDS_AHEAD, TimeoutConfig
 from ledger.consensus.effects import (
     Broadcast,
     Decide,
@@ -71,32 +72,6 @@ from ledger.consensus.types import (
 )
 from ledger.consensus.validators import ValidatorSet
 from ledger.consensus.votekeeper import VoteKeeper
-
-PROPOSAL_ROUNDS_AHEAD = 1  # proposals are held for rounds up to current + this
-FUTURE_BUFFER = 1024  # messages held for height + 1 until start_height reaches it
-
-
-@dataclass(frozen=True, slots=True)
-class TimeoutConfig:
-    """Timeout of round r = init + r * delta, in milliseconds, per kind."""
-
-    propose_ms: int = 3000
-    propose_delta_ms: int = 500
-    prevote_ms: int = 1000
-    prevote_delta_ms: int = 500
-    precommit_ms: int = 1000
-    precommit_delta_ms: int = 500
-    rebroadcast_ms: int = 2000
-    rebroadcast_delta_ms: int = 500
-
-    def duration_ms(self, kind: TimeoutKind, round: int) -> int:
-        init, delta = {
-            TimeoutKind.PROPOSE: (self.propose_ms, self.propose_delta_ms),
-            TimeoutKind.PREVOTE: (self.prevote_ms, self.prevote_delta_ms),
-            TimeoutKind.PRECOMMIT: (self.precommit_ms, self.precommit_delta_ms),
-            TimeoutKind.REBROADCAST: (self.rebroadcast_ms, self.rebroadcast_delta_ms),
-        }[kind]
-        return init + round * delta
 
 
 class Core:
@@ -361,9 +336,17 @@ class Core:
         ]
 
     def _rebroadcast(self) -> list[Effect]:
+        """Our votes of the previous round, then everything we signed in this one.
+
+        The previous round matters: nodes that saw 2f+1 precommits move on, and without
+        their precommits the others could wait forever for the 2f+1 that starts their own
+        precommit timeout (fewer than f+1 moved, so the round-skip rule cannot help).
+        """
+        slots = [(self.round - 1, Step.PREVOTE), (self.round - 1, Step.PRECOMMIT)]
+        slots += [(self.round, step) for step in (Step.PROPOSE, Step.PREVOTE, Step.PRECOMMIT)]
         effects: list[Effect] = []
-        for step in (Step.PROPOSE, Step.PREVOTE, Step.PRECOMMIT):
-            msg = self._own.get((self.round, step))
+        for slot in slots:
+            msg = self._own.get(slot)
             if msg is not None:
                 effects.append(Broadcast(msg))
                 if isinstance(msg, Proposal):

@@ -1,0 +1,153 @@
+"""What the ledger accepts from gossip: the TOPIC_TX and TOPIC_CONSENSUS validators and wire kinds.
+
+Both validators run synchronously inside the gossip node's validation path, before a message
+is forwarded, against the latest committed state (read-only). Verdicts follow the gossip
+rules: REJECT only what no honest peer would relay (it penalises the forwarder), IGNORE what
+is merely useless to us now.
+
+TOPIC_TX, kind "tx", body = tx wire bytes:
+  REJECT  malformed or non-canonical bytes, another chain, a signature that does not verify.
+  IGNORE  unknown sender, a nonce below the sender's account nonce (already used), fee below
+          the minimum. Anything else is accepted; the mempool decides on admission.
+
+TOPIC_CONSENSUS, kind "consensus", body = Proposal.to_wire() or Vote.to_wire():
+  REJECT  malformed, a signer outside the validator set of the message's height, a bad
+          signature. Checked only for heights we can judge: the set of height H is known from
+          the state once H <= state.height + 2.
+  IGNORE  heights already committed here, and heights too far ahead to check (a hint that we
+          are behind: `Checked.ahead` tells the caller to block-sync).
+TOPIC_CONSENSUS, kind "evidence", body = DuplicateVoteEvidence.to_wire():
+  REJECT  malformed, or a signature that does not verify with the validator's registered key.
+  IGNORE  unknown validator, or an offence already slashed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gossip.envelope import Envelope
+from gossip.identity import verify
+from gossip.transport import Verdict
+from ledger.consensus import (
+    ConsensusError,
+    DecidedBlock,
+    DuplicateVoteEvidence,
+    MalformedMessage,
+    Proposal,
+    Validator,
+    ValidatorSet,
+    Vote,
+    decode_message,
+    verify_evidence,
+)
+from ledger.errors import BadSignature, InvalidTx
+from ledger.state import State, validator_set_at
+from ledger.tx import decode_tx, verify_tx
+
+KIND_TX = "tx"
+KIND_CONSENSUS = "consensus"
+KIND_EVIDENCE = "evidence"
+HEIGHTS_AHEAD = 2  # the validator set of state.height + 2 is already fixed by the state
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A validator's verdict, the reason for it, and how far ahead the message was (0 if not)."""
+
+    verdict: Verdict
+    reason: str = ""
+    ahead: int = 0
+
+
+ACCEPTED = Checked(Verdict.ACCEPT)
+
+
+def check_tx_envelope(envelope: Envelope, state: State) -> Checked:
+    """Verdict on a gossiped transaction (see the module docstring)."""
+    if envelope.kind != KIND_TX or not isinstance(envelope.body, bytes):
+        return Checked(Verdict.REJECT, f"not a tx envelope (kind {envelope.kind!r})")
+    try:
+        stx = decode_tx(envelope.body)
+        if stx.tx.chain_id != state.chain_id:
+            return Checked(Verdict.REJECT, f"tx for chain {stx.tx.chain_id!r}")
+        verify_tx(stx)
+    except (InvalidTx, BadSignature) as e:
+        return Checked(Verdict.REJECT, f"bad tx: {e}")
+    acct = state.accounts.get(stx.sender_address)
+    if acct is None:
+        return Checked(Verdict.IGNORE, f"unknown sender {stx.sender_address}")
+    if stx.tx.nonce < acct.nonce:
+        return Checked(Verdict.IGNORE, f"stale nonce {stx.tx.nonce} < {acct.nonce}")
+    if stx.tx.fee < state.params.min_fee:
+        return Checked(Verdict.IGNORE, f"fee {stx.tx.fee} below {state.params.min_fee}")
+    return ACCEPTED
+
+
+def parse_consensus(envelope: Envelope) -> Proposal | Vote | DuplicateVoteEvidence:
+    """Decode the body of a consensus-topic envelope. Raises ConsensusError (MalformedMessage)."""
+    if envelope.kind == KIND_EVIDENCE:
+        return DuplicateVoteEvidence.from_wire(envelope.body)
+    if envelope.kind != KIND_CONSENSUS:
+        raise MalformedMessage(f"unknown consensus envelope kind {envelope.kind!r}")
+    msg = decode_message(envelope.body)
+    if isinstance(msg, DecidedBlock):
+        raise MalformedMessage("decided blocks travel by block sync, not gossip")
+    return msg
+
+
+def check_consensus_envelope(envelope: Envelope, state: State) -> Checked:
+    """Verdict on a gossiped proposal, vote or evidence (see the module docstring)."""
+    try:
+        msg = parse_consensus(envelope)
+    except ConsensusError as e:
+        return Checked(Verdict.REJECT, f"malformed consensus message: {e}")
+    except (TypeError, ValueError) as e:  # hostile nesting the wire decoders did not foresee
+        return Checked(Verdict.REJECT, f"malformed consensus message: {type(e).__name__}: {e}")
+    if isinstance(msg, DuplicateVoteEvidence):
+        return check_evidence(msg, state)
+    if msg.height <= state.height:
+        return Checked(Verdict.IGNORE, f"height {msg.height} is committed here")
+    if msg.height > state.height + HEIGHTS_AHEAD:
+        return Checked(Verdict.IGNORE, f"height {msg.height} is ahead of us", ahead=msg.height - state.height)
+    signer = msg.proposer if isinstance(msg, Proposal) else msg.validator
+    row = next((v for v in validator_set_at(state, msg.height) if v.address == signer), None)
+    if row is None:
+        return Checked(Verdict.REJECT, f"{signer} is not a validator at height {msg.height}")
+    if not verify(row.pubkey, msg.signature, msg.sign_bytes(state.chain_id)):
+        return Checked(Verdict.REJECT, f"bad signature from {signer} at height {msg.height}")
+    return Checked(Verdict.ACCEPT, ahead=max(0, msg.height - state.height - 1))
+
+
+def check_evidence(evidence: DuplicateVoteEvidence, state: State) -> Checked:
+    """Is this double sign provable with the validator's registered key, and not yet punished?"""
+    record = state.validators.get(evidence.validator)
+    if record is None:
+        return Checked(Verdict.IGNORE, f"evidence against unknown validator {evidence.validator}")
+    if (evidence.validator, evidence.height) in state.tombstones:
+        return Checked(Verdict.IGNORE, "offence already slashed")
+    try:
+        verify_evidence(evidence, key_set(evidence.validator, record.pubkey), chain_id=state.chain_id)
+    except ConsensusError as e:
+        return Checked(Verdict.REJECT, f"invalid evidence: {e}")
+    return ACCEPTED
+
+
+def key_set(address: str, pubkey: bytes) -> ValidatorSet:
+    """A one-member set, enough to check signatures by `address` (evidence verification)."""
+    return ValidatorSet([Validator(address, pubkey, 1)])
+
+
+def evidence_includable(evidence: DuplicateVoteEvidence, state: State, height: int) -> bool:
+    """Would the state machine slash this evidence in block `height` built on `state`?"""
+    age = state.params.evidence_max_age_blocks
+    return (
+        evidence.validator in state.validators
+        and (evidence.validator, evidence.height) not in state.tombstones
+        and height - age <= evidence.height < height
+    )
+
+
+def body_of(msg: Proposal | Vote | DuplicateVoteEvidence) -> tuple[str, Any]:
+    """(kind, body) to publish a consensus message or evidence on TOPIC_CONSENSUS."""
+    return (KIND_EVIDENCE if isinstance(msg, DuplicateVoteEvidence) else KIND_CONSENSUS), msg.to_wire()
