@@ -72,7 +72,12 @@ def decode_commit(data: bytes) -> Commit:
 
 
 def verify_synced(
-    state: State, prev_hash: bytes, state_app_hash: bytes, height: int, block_bytes: bytes, commit_bytes: bytes
+    state: State,
+    prev_hash: bytes,
+    state_app_hash: bytes,
+    height: int,
+    block_bytes: bytes,
+    commit_bytes: bytes,
 ) -> tuple[Block, Commit, list[SignedTx]]:
     """Check a fetched block for `height` = state.height + 1; returns it, its commit and its txs.
 
@@ -250,8 +255,8 @@ class BlockSync:
     def _candidates(self, first: PeerId | None, fanout: int) -> list[PeerId]:
         g = self.gossip
         others = [p for p in g.transport.connected_peers() if p != first and not g.scores.is_banned(p)]
-        picked = g.random.sample(others, min(len(others), fanout))
-        return ([first] if first is not None and not g.scores.is_banned(first) else []) + picked[: fanout - 1]
+        head = [first] if first is not None and not g.scores.is_banned(first) else []
+        return head + g.random.sample(others, max(0, min(len(others), fanout - len(head))))
 
     async def _statuses(self, peers: list[PeerId]) -> dict[PeerId, int]:
         heights: dict[PeerId, int] = {}

@@ -40,6 +40,8 @@ from gossip.topics import TOPIC_TASKS, TOPIC_VOTES
 from ledger.consensus import TimeoutConfig
 from ledger.errors import LedgerError
 from ledger.genesis import Genesis
+from ledger.node import LedgerNode
+from ledger.store import LedgerStore
 from peer.api import ApiApp, serve_api
 from peer.config import Config, parse_host_port
 from peer.errors import PeerError
@@ -159,16 +161,16 @@ class Peer:
     def _open_ledger(self, genesis: Genesis, path: Path) -> Iterator[LedgerService]:
         """Open the block store and build the ledger node (it subscribes its topics now, before
         the gossip node serves); the store is closed when the peer stops."""
-        from ledger.node import LedgerNode
-
-        from ledger.store import LedgerStore
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            store = LedgerStore(path)
-        except LedgerError as e:
-            raise PeerError(f"cannot open the ledger store {path}: {e}") from None
-        try:
+        with ExitStack() as stack:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                store = stack.enter_context(LedgerStore(path))
+                reader = LedgerStore(path)  # queries read through their own connection
+                stack.callback(reader.close, snapshot=False)
+            except LedgerError as e:
+                raise PeerError(f"cannot open the ledger store {path}: {e}") from None
+            except OSError as e:
+                raise PeerError(f"cannot open the ledger store {path}: {e.strerror or e}") from None
             node = LedgerNode(
                 self.node,
                 self.identity,
@@ -177,9 +179,7 @@ class Peer:
                 registry=self.registry,
                 timeouts=consensus_timeouts(self.config),
             )
-            yield LedgerService(node, store, self.identity, genesis)
-        finally:
-            store.close()
+            yield LedgerService(node, reader, self.identity, genesis)
 
     # --- api.PeerView -------------------------------------------------------------------
 

@@ -1,15 +1,17 @@
 """The daemon's side of the ledger API: sign with the node key, submit, wait for commit, answer queries.
 
 `LedgerService` sits between the HTTP handlers (`peer.ledger_api`) and the running
-`LedgerNode`. It owns nothing the node owns: it reads the node's committed state and store
-and submits through `LedgerNode.submit`, so every tx, ours or external, goes through the
-same mempool admission. Results are plain JSON-ready dicts (hashes and keys as hex).
+`LedgerNode`. It owns nothing the node owns: it reads the node's committed state, reads
+blocks and the tx index through its own read-only `LedgerStore` connection (the node writes
+through another, in a worker thread) and submits through `LedgerNode.submit`, so every tx,
+ours or external, goes through the same mempool admission. Results are plain JSON-ready
+dicts (hashes and keys as hex).
 
-Own txs (`submit_own`): the node's account signs. The nonce is pending-aware: the next nonce
-after our last accepted submission or the account's committed nonce, whichever is higher;
-one lock covers choose-nonce, sign and submit so concurrent requests never pick the same
-nonce, and a `BadNonce` answer (e.g. a tx of ours dropped from the mempool) is retried
-with the nonce the mempool expects. Before spending a fee the tx is run against a copy of
+Own txs (`submit_own`): the node's account signs. The nonce is pending-aware: the mempool's
+next nonce for our account (committed nonce plus our pending txs); one lock covers
+choose-nonce, sign and submit so concurrent requests never pick the same nonce, and a
+`BadNonce` answer (a race with a commit that dropped one of ours) is retried with the nonce
+the mempool expects. Before spending a fee the tx is run against a copy of
 the committed state: a tx that would certainly fail (insufficient balance, unknown
 validator...) is refused with that error instead of being committed as a failed, charged tx.
 
@@ -96,11 +98,10 @@ def parse_address(text: str) -> str:
 class LedgerService:
     """Ledger operations of one daemon, over its running `LedgerNode` and its store."""
 
-    def __init__(self, node: LedgerNode, store: LedgerStore, identity: Identity, genesis: Genesis) -> None:
-        self.node, self.store, self.identity, self.genesis = node, store, identity, genesis
+    def __init__(self, node: LedgerNode, reader: LedgerStore, identity: Identity, genesis: Genesis) -> None:
+        self.node, self.reader, self.identity, self.genesis = node, reader, identity, genesis
         self.address = identity.peer_id
         self._lock = trio.Lock()
-        self._next_nonce = 0  # after our last accepted own tx
 
     # ---- txs -------------------------------------------------------------------------------
 
@@ -122,7 +123,7 @@ class LedgerService:
             _, outcome = deliver_tx(state, trial)
             if not outcome.ok:
                 raise WouldFail(outcome.code, outcome.message)
-            nonce = max(committed_nonce, self._next_nonce)
+            nonce = self.node.mempool.pending_nonce(state, self.address)
             for attempt in range(NONCE_RETRIES + 1):
                 stx = sign_tx(self.identity, tx_type, body, nonce=nonce, fee=fee, chain_id=chain_id)
                 try:
@@ -132,7 +133,6 @@ class LedgerService:
                     if attempt == NONCE_RETRIES or e.expected == nonce:
                         raise
                     nonce = e.expected
-            self._next_nonce = nonce + 1
         result = {"tx_hash": tx_hash, "nonce": nonce, "fee": fee}
         return {**result, **(await self._wait(tx_hash, timeout) if wait else {"committed": False})}
 
@@ -161,15 +161,7 @@ class LedgerService:
     # ---- queries ---------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        state = self.node.state
-        power = {v.address: v.power for v in state.validator_set}
-        return {
-            **self.node.status(),
-            "chain_id": self.genesis.chain_id,
-            "address": self.address,
-            "validator": self.address in power,
-            "validators": len(power),
-        }
+        return {"chain_id": self.genesis.chain_id, "address": self.address, **self.node.status()}
 
     def account(self, address: str) -> dict[str, Any]:
         state = self.node.state
@@ -222,13 +214,13 @@ class LedgerService:
         return {**info, "tx_hashes": self._tx_hashes(height)}
 
     def _tx_hashes(self, height: int) -> list[str]:
-        stored = self.store.block(height)
+        stored = self.reader.block(height)
         if stored is None:
             return []
         return [decode_tx(raw).hash.hex() for raw in Block.decode(stored[0]).txs]
 
     def tx(self, tx_hash: str) -> dict[str, Any]:
-        location = self.store.tx_location(parse_tx_hash(tx_hash))
+        location = self.reader.tx_location(parse_tx_hash(tx_hash))
         if location is None:
             raise QueryError(f"tx {tx_hash} is not in any committed block on this peer", "unknown_tx")
         height, index, receipt = location

@@ -105,10 +105,10 @@ class SimNode:
     sync_asked: dict[int, int] = field(default_factory=dict)
     down: bool = False
     incarnation: int = 0  # bumped by each restart; older timers are dead
+    address: str = field(init=False)
 
-    @property
-    def address(self) -> str:
-        return self.identity.peer_id
+    def __post_init__(self) -> None:
+        self.address = self.identity.peer_id
 
 
 @dataclass
@@ -126,6 +126,7 @@ class SimResult:
 
     @property
     def correct(self) -> list[SimNode]:
+        """Nodes running the protocol as written (silent and crashed ones included)."""
         return [n for n in self.nodes if n.index not in self.config.byzantine]
 
     def agreement_violations(self) -> list[str]:
@@ -168,7 +169,6 @@ class Simulation:
         )
         self.sets = [first, first]
         self.nodes = [SimNode(i, ident, self._new_core(ident, None)) for i, ident in enumerate(ids)]
-        self.by_address = {n.address: n.index for n in self.nodes}
         self.now = 0
         self.seq = 0
         self.queue: list[tuple[int, int, str, int, Any, int]] = []

@@ -156,6 +156,9 @@ def test_weighted_round_robin_is_proportional_and_ties_go_to_smaller_address() -
     assert [counts[v.address] for v in weighted] == [100 * v.power for v in weighted]
     assert VSET.proposers(8) == sorted(ADDRS) * 2  # equal power: round robin in address order
     assert VSET.advance(3).proposer(0) == VSET.proposer(3)
+    assert ValidatorSet.from_wire(weighted.advance(7).to_wire()) == weighted.advance(7)  # priorities kept
+    with pytest.raises(InvalidValidatorSet):
+        ValidatorSet.from_wire([[ADDRS[0], b"\0" * 32, 1, 0]])  # address is not the key's peer id
 
 
 def test_validator_set_rejects_bad_rows_and_update_keeps_newcomers_waiting() -> None:
@@ -509,7 +512,7 @@ EVENT = st.one_of(
 ).flatmap(lambda e: st.tuples(st.just(e), st.integers(0, 3)))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(EVENT, max_size=60))
 def test_random_message_orders_never_make_the_core_sign_twice(events: list) -> None:
     core, effects = make_core()

@@ -114,7 +114,7 @@ def test_weighted_proposer_frequency_follows_power() -> None:
     assert [counts[i] for i in range(4)] == [40 * p // sum(powers) for p in powers]
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(4, 7),

@@ -86,7 +86,7 @@ def test_transfer_stake_and_queries(chain: Chain) -> None:
     block = chain.json("query", "block", str(height))
     assert tx_hash in block["tx_hashes"] and block["height"] == height
     status = chain.json("ledger", "status")
-    assert status["chain_id"] == "cli-test" and status["height"] >= height and status["validator"] is True
+    assert status["chain_id"] == "cli-test" and status["height"] >= height and status["is_validator"] is True
 
     registered = chain.json("tx", "register", "solver")
     assert registered["committed"] and registered["ok"], registered
@@ -108,13 +108,14 @@ def test_ledger_rejections_are_one_clear_line(chain: Chain) -> None:
     balance = before["balance"]
     other = Identity.generate().peer_id
     assert_user_error(
-        chain.cli("tx", "transfer", other, str(balance + 1)), "insufficient_balance", f"balance is {balance}"
+        chain.cli("tx", "transfer", other, str(balance + 1)), "insufficient_balance", f"needs {balance + 1}"
     )
     assert chain.json("query", "account")["nonce"] == before["nonce"]  # refused before any fee was paid
     assert_user_error(chain.cli("query", "account", other), f"no account {other}", "unknown_account")
     assert_user_error(chain.cli("query", "balance", other), "unknown_account")
     assert_user_error(chain.cli("tx", "delegate", other, "5"), "unknown_validator")
-    assert_user_error(chain.cli("tx", "undelegate", chain.address, "5"), "self_delegation")
+    assert_user_error(chain.cli("tx", "delegate", chain.address, "5"), "self_delegation")
+    assert_user_error(chain.cli("tx", "undelegate", chain.address, "5"), "unknown_delegation")
 
 
 def test_malformed_input_is_one_clear_line(chain: Chain) -> None:

@@ -78,7 +78,14 @@ class Market:
         )
         self.state = genesis_state(genesis)
         self.minted = self.state.minted
-        roles = [(1, "model_owner"), (3, "solver"), (4, "solver"), (5, "solver"), (0, "solver"), (6, "verifier")]
+        roles = [
+            (1, "model_owner"),
+            (3, "solver"),
+            (4, "solver"),
+            (5, "solver"),
+            (0, "solver"),
+            (6, "verifier"),
+        ]
         assert all(r.ok for r in self.block(*(self.tx(i, "register", {"role": role}) for i, role in roles)))
         self.ok(1, "model_register", {"model_hash": MODEL, "arch": "mlp-v1", "royalty_bps": 800})
 
@@ -206,8 +213,12 @@ def test_model_register_transfer_and_errors():
         "registered_height": 2,
     }
     other = hashlib.sha256(b"other").hexdigest()
-    assert_failed(m.run(1, "model_register", {"model_hash": MODEL, "arch": "x", "royalty_bps": 0}), errors.ModelExists)
-    assert_failed(m.run(2, "model_register", {"model_hash": other, "arch": "x", "royalty_bps": 0}), errors.NotRegistered)
+    assert_failed(
+        m.run(1, "model_register", {"model_hash": MODEL, "arch": "x", "royalty_bps": 0}), errors.ModelExists
+    )
+    assert_failed(
+        m.run(2, "model_register", {"model_hash": other, "arch": "x", "royalty_bps": 0}), errors.NotRegistered
+    )
     r = m.run(1, "model_register", {"model_hash": other, "arch": "x", "royalty_bps": 1_001})
     assert_failed(r, errors.RoyaltyTooHigh)
     assert "maximum 1000" in r.message and other not in m.state.models
@@ -241,7 +252,13 @@ def test_full_life_post_bid_assign_commit_finalize():
     assert job(m.state, job_id)["status"] == "open" and job(m.state, job_id)["bids_close"] == posted + 10
     m.block()
     j = job(m.state, job_id)
-    assert (j["status"], j["solver"], j["price"], j["bond"], j["held"]) == ("assigned", S3, 6_001, 1_000, 11_000)
+    assert (j["status"], j["solver"], j["price"], j["bond"], j["held"]) == (
+        "assigned",
+        S3,
+        6_001,
+        1_000,
+        11_000,
+    )
     assert (j["encryption_key"], j["assigned_height"], j["deadline"]) == (KEY.hex(), posted + 10, posted + 14)
     assert j["bids"] == [] and not m.state.bids
     assert (m.bal(3), m.bal(4), m.bal(5)) == (START - 100, START - 100, START - 1_100)
@@ -249,7 +266,12 @@ def test_full_life_post_bid_assign_commit_finalize():
     assert m.commit(5, job_id).ok
     committed = m.state.height
     j = job(m.state, job_id)
-    assert (j["status"], j["output_hash"], j["trace_root"], j["result_size"]) == ("committed", OUT, ROOT, 4096)
+    assert (j["status"], j["output_hash"], j["trace_root"], j["result_size"]) == (
+        "committed",
+        OUT,
+        ROOT,
+        4096,
+    )
     assert j["challenge_end"] == committed + 5
     m.skip_to(committed + 4)
     assert job(m.state, job_id)["status"] == "committed"
@@ -348,7 +370,11 @@ def test_job_bid_errors():
     r = m.bid(3, job_id, 6_000, 600)
     assert_failed(r, errors.RequirementNotMet)
     assert "reputation >= 4001" in r.message
-    assert m.bid(4, job_id, 6_000, 600).ok and m.bid(5, job_id, 6_000, 600).ok and m.bid(0, job_id, 6_000, 600).ok
+    assert (
+        m.bid(4, job_id, 6_000, 600).ok
+        and m.bid(5, job_id, 6_000, 600).ok
+        and m.bid(0, job_id, 6_000, 600).ok
+    )
     m.ok(2, "job_post", POST)  # another job's bids do not count towards this job's limit
     m.ok(1, "register", {"role": "solver"})
     assert_failed(m.bid(1, job_id, 6_000, 600), errors.TooManyBids)  # max_bids_per_job = 3

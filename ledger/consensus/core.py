@@ -54,6 +54,7 @@ from ledger.consensus.errors import (
     WrongProposer,
 )
 from ledger.consensus.types import (
+    MAX_HEIGHT,
     VOTE_STEP,
     Commit,
     DecidedBlock,
@@ -109,10 +110,12 @@ class Core:
 
     def _reset(self, height: int, validator_set: ValidatorSet | None) -> None:
         self.height, self.round, self.step = height, 0, Step.PROPOSE
-        self.locked_round, self.locked_value_id = -1, None
-        self.valid_round, self.valid_value = -1, None
+        self.locked_round: int = -1
+        self.locked_value_id: bytes | None = None
+        self.valid_round: int = -1
+        self.valid_value: bytes | None = None
         self.validator_set = validator_set
-        self._votes = VoteKeeper(height, validator_set, self.chain_id) if validator_set else None
+        self._votes = VoteKeeper(height, validator_set, self.chain_id) if validator_set is not None else None
         self._proposals: dict[int, Proposal] = {}
         self._proposers: list[str] = []
         self._valid_cache: dict[bytes, bool] = {}
@@ -140,6 +143,8 @@ class Core:
         """
         if not isinstance(validator_set, ValidatorSet):
             raise ConsensusStateError(f"expected a ValidatorSet, got {type(validator_set).__name__}")
+        if not isinstance(height, int) or isinstance(height, bool) or not 0 <= height < MAX_HEIGHT:
+            raise ConsensusStateError(f"bad height {height!r}")
         if self.running and height <= self.height:
             raise ConsensusStateError(f"cannot start height {height}: already at height {self.height}")
         buffered = [m for m in self._future if m.height == height]

@@ -220,7 +220,7 @@ class Vote:
     @classmethod
     def from_wire(cls, obj: Any) -> Vote:
         _, vote_type, height, round, vid, validator, signature = _list(obj, "vote", 7)
-        if vote_type not in (1, 2) or isinstance(vote_type, bool):
+        if not isinstance(vote_type, int) or isinstance(vote_type, bool) or vote_type not in (1, 2):
             raise MalformedMessage(f"vote type must be 1 (prevote) or 2 (precommit), got {vote_type!r}")
         return cls(VoteType(vote_type), height, round, vid, validator, signature)
 
@@ -353,7 +353,7 @@ class LastSigned:
     @classmethod
     def from_wire(cls, obj: Any) -> LastSigned:
         height, round, step, locked_round, locked_vid = _list(obj, None, 5)
-        if step not in (0, 1, 2) or isinstance(step, bool):
+        if not isinstance(step, int) or isinstance(step, bool) or step not in (0, 1, 2):
             raise MalformedMessage(f"bad last-signed step {step!r}")
         return cls(height, round, Step(step), locked_round, locked_vid)
 

@@ -10,8 +10,15 @@ step adds every validator's power to its priority, picks the highest (ties go to
 smaller address) and subtracts the total power from the one picked. The proposer of round
 r at a height is the pick of step r+1 from the set handed to that height; the set for the
 next height is `advance(1)` (or `update(...)` when powers change), so over many heights
-each validator proposes in proportion to its power. Priorities are consensus state: every
-node must derive the same set for a height (they depend only on the chain of sets).
+each validator proposes in proportion to its power.
+
+Priorities are consensus state: every node must hand the core the same set, priorities
+included, for a height, or they disagree on proposers (safe, but proposals from the
+"wrong" proposer are rejected and rounds fail). Derive the set of height 1 as
+`ValidatorSet(genesis_rows)` and each next one from the previous with `advance` / `update`,
+and persist `to_wire()` with each block so a restart resumes the same sequence. A set
+rebuilt from rows alone (priorities 0) still works but proposes with the same validator
+in round 0 of every height.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from gossip.envelope import packb
 from gossip.identity import peer_id_from_public
@@ -135,6 +142,22 @@ class ValidatorSet:
     def hash(self) -> bytes:
         """sha256 of the canonical (address, pubkey, power) list; priorities excluded."""
         return hashlib.sha256(packb([[v.address, v.pubkey, v.power] for v in self.validators])).digest()
+
+    def to_wire(self) -> list[list[Any]]:
+        """[[address, pubkey, power, priority], ...] sorted by address: persist this per height."""
+        return [[v.address, v.pubkey, v.power, self._priorities[v.address]] for v in self.validators]
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> ValidatorSet:
+        """Inverse of to_wire for untrusted input; raises InvalidValidatorSet."""
+        if not isinstance(obj, list | tuple) or not all(
+            isinstance(r, list | tuple) and len(r) == 4 for r in obj
+        ):
+            raise InvalidValidatorSet("expected a list of [address, pubkey, power, priority] rows")
+        rows = [Validator(a, k, p) for a, k, p, _ in obj]
+        if not all(isinstance(r[0], str) for r in obj) or len({r[0] for r in obj}) != len(obj):
+            raise InvalidValidatorSet("validator addresses must be distinct strings")
+        return cls(rows, {r[0]: r[3] for r in obj})
 
     # -- thresholds ------------------------------------------------------------------------
 

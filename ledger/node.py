@@ -1,0 +1,426 @@
+"""LedgerNode: the replicated ledger of one peer, running over its GossipNode.
+
+One owner task holds every piece of mutable ledger state — the head of the chain (state,
+hashes), the mempool, the consensus core, the evidence pool, commit waiters — and handles
+one event at a time from its inbox: gossiped txs and consensus messages, fired timeouts,
+submissions, blocks fetched by block sync. Other tasks only send it events and read the
+head (an immutable value the owner replaces). Network I/O never runs in the owner except
+publishing; SQLite writes and block application run in a worker thread while it waits.
+
+Lifecycle (`serve`): load the state from the store (genesis when empty; the store replays
+from its last snapshot), restore the double-sign guard into the core, report started, run
+one block-sync round against the connected peers, then join consensus. From then on block
+sync runs on hints (messages for heights above ours) and on a slow random poll, so a peer
+that was stopped, frozen or partitioned catches up by itself. A LedgerNode serves once.
+
+Gossip: TOPIC_TX carries tx bytes and TOPIC_CONSENSUS proposals, votes and evidence;
+`ledger.inbound` validates both before anything is forwarded. Block sync and block queries
+read committed blocks through a second, read-only connection to the store's file, so they
+never touch the writer the owner uses.
+
+Error handling: hostile input is refused by the validators or the core and its sender is
+penalised; `submit` raises the mempool's typed LedgerError; `wait_committed` raises
+trio.TooSlowError on timeout. A store that refuses a decided block is a broken invariant
+and stops the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+from prometheus_client import CollectorRegistry
+
+from gossip.envelope import Envelope
+from gossip.errors import GossipError
+from gossip.identity import Identity
+from gossip.node import GossipNode
+from gossip.topics import TOPIC_CONSENSUS, TOPIC_TX
+from gossip.transport import PeerId, Verdict
+from ledger.apply import Receipt
+from ledger.block import ZERO_HASH, Block
+from ledger.blocksync import BLOCKS_PROTOCOL, MAX_REQUEST_BYTES, BlockServer, BlockSync, decode_commit
+from ledger.consensus import ConsensusError, DuplicateVoteEvidence, Timeout, TimeoutConfig
+from ledger.driver import ConsensusDriver, Head, HeightDue, wall_clock_ms
+from ledger.errors import CorruptStore, LedgerError
+from ledger.genesis import Genesis, genesis_state
+from ledger.inbound import KIND_TX, check_consensus_envelope, check_tx_envelope, parse_consensus
+from ledger.mempool import Mempool
+from ledger.metrics import LedgerMetrics
+from ledger.state import State, app_hash, validator_set_at
+from ledger.store import LedgerStore
+
+log = structlog.get_logger(__name__)
+
+INBOX_SIZE = 1024
+
+_Placed = tuple[int, int, Receipt]  # (height, index in block, receipt)
+
+
+@dataclass(frozen=True, slots=True)
+class _Gossip:
+    topic: str
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class _Submit:
+    tx: bytes
+    reply: trio.MemorySendChannel[bytes | LedgerError]
+
+
+@dataclass(frozen=True, slots=True)
+class _Watch:
+    tx_hash: bytes
+    reply: trio.MemorySendChannel[_Placed]
+    stop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Synced:
+    peer: PeerId
+    height: int
+    block: bytes
+    commit: bytes
+    more: bool
+    reply: trio.MemorySendChannel[bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _SyncDone:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Join:
+    pass
+
+
+class LedgerNode:
+    """The ledger of one peer. Build it before the gossip node serves (it subscribes topics).
+
+    Args:
+        gossip: the peer's GossipNode, not yet serving.
+        identity: the peer's key; it signs consensus messages when it is a validator.
+        store: the peer's block store (file-backed); the node is its only writer.
+        genesis: the chain's genesis (used when the store is empty, and to check its chain id).
+        registry: where metrics go (a private one if None).
+        timeouts: consensus round timeouts.
+        max_block_txs: most txs in a block we propose.
+        empty_block_interval: seconds an idle chain waits before an empty block.
+        sync_interval: seconds between block-sync polls of random peers.
+        clock_ms: wall clock for block times (tests inject skew).
+    """
+
+    def __init__(
+        self,
+        gossip: GossipNode,
+        identity: Identity,
+        store: LedgerStore,
+        genesis: Genesis,
+        *,
+        registry: CollectorRegistry | None = None,
+        timeouts: TimeoutConfig | None = None,
+        max_block_txs: int = 5000,
+        empty_block_interval: float = 1.0,
+        sync_interval: float = 2.0,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        if gossip.peer_id != identity.peer_id:
+            raise ValueError(f"gossip node is {gossip.peer_id} but identity is {identity.peer_id}")
+        self.gossip, self.identity, self.store, self.genesis = gossip, identity, store, genesis
+        self.address = identity.peer_id
+        self.mempool = Mempool()
+        self.metrics = LedgerMetrics(
+            registry if registry is not None else CollectorRegistry(), self._mempool_size
+        )
+        self._config = (timeouts, max_block_txs, empty_block_interval, clock_ms)
+        genesis_head = genesis_state(genesis)
+        self._head0 = Head(genesis_head, app_hash(genesis_head), ZERO_HASH)
+        self.driver: ConsensusDriver | None = None
+        self._ready = False
+        self._served = False
+        self._waiters: dict[bytes, list[trio.MemorySendChannel[_Placed]]] = {}
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[object](INBOX_SIZE)
+        self._tx_channel = gossip.subscribe(TOPIC_TX, self._validate_tx)
+        self._consensus_channel = gossip.subscribe(TOPIC_CONSENSUS, self._validate_consensus)
+        self._reader: LedgerStore | None = LedgerStore(store.path)
+        self._server = BlockServer(self._reader, self._tip, gossip.penalize)
+        gossip.rpc.set_handler(BLOCKS_PROTOCOL, self._server.handle, max_request=MAX_REQUEST_BYTES)
+        self.sync = BlockSync(
+            gossip,
+            height=lambda: self.height,
+            deliver=self._deliver,
+            done=self._sync_done,
+            poll_interval=sync_interval,
+        )
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def head(self) -> Head:
+        return self.driver.head if self.driver is not None else self._head0
+
+    @property
+    def state(self) -> State:
+        """The state after the last committed block (genesis before `serve` has loaded it)."""
+        return self.head.state
+
+    @property
+    def height(self) -> int:
+        return self.head.state.height
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the ledger until cancelled; `started()` once the state is loaded."""
+        if self._served:
+            raise RuntimeError("a LedgerNode serves once; build a new one to restart")
+        self._served = True
+        try:
+            self.driver = await self._load()
+            async with trio.open_nursery() as nursery:
+                self.driver.bind(nursery, self._inbox_send)
+                nursery.start_soon(self._owner)
+                nursery.start_soon(self._pump, TOPIC_TX, self._tx_channel)
+                nursery.start_soon(self._pump, TOPIC_CONSENSUS, self._consensus_channel)
+                self._ready = True
+                task_status.started()
+                await self.sync.sync_round()  # catch up before we sign anything
+                await self._inbox_send.send(_Join())
+                nursery.start_soon(self.sync.run)
+        finally:
+            self._ready = False
+            if self._reader is not None:
+                self._reader.close(snapshot=False)
+                self._reader = None
+
+    async def submit(self, tx: bytes) -> str:
+        """Admit tx to our mempool and gossip it; returns its hash (hex).
+
+        Raises:
+            LedgerError: the mempool refused it (InvalidTx, DuplicateTx, BadNonce, ...).
+            RuntimeError: the node is not serving.
+        """
+        self._check_serving()
+        reply_send, reply_recv = trio.open_memory_channel[bytes | LedgerError](1)
+        await self._inbox_send.send(_Submit(bytes(tx), reply_send))
+        result = await reply_recv.receive()
+        if isinstance(result, LedgerError):
+            raise result
+        try:
+            await self.gossip.publish(TOPIC_TX, KIND_TX, bytes(tx))
+        except GossipError as e:  # still in our mempool: we propose it ourselves in time
+            log.info("tx gossip failed", tx=result.hex()[:16], error=str(e))
+        return result.hex()
+
+    async def wait_committed(self, tx_hash: str, timeout: float) -> tuple[int, int, Receipt]:
+        """(height, index, receipt) of the block that carried tx_hash, waiting up to timeout seconds.
+
+        Raises:
+            ValueError: tx_hash is not 64 hex characters.
+            trio.TooSlowError: not committed within timeout.
+        """
+        digest = bytes.fromhex(tx_hash)
+        if len(digest) != 32:
+            raise ValueError(f"tx hash must be 32 bytes of hex, got {len(digest)} bytes")
+        self._check_serving()
+        reply_send, reply_recv = trio.open_memory_channel[_Placed](1)
+        with trio.fail_after(timeout):
+            await self._inbox_send.send(_Watch(digest, reply_send))
+            try:
+                return await reply_recv.receive()
+            finally:
+                try:
+                    self._inbox_send.send_nowait(_Watch(digest, reply_send, stop=True))
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the waiter is dropped when the tx commits (its channel is closed)
+                reply_recv.close()
+
+    def status(self) -> dict[str, Any]:
+        head = self.head
+        state = head.state
+        rows = validator_set_at(state, state.height + 1)
+        driver = self.driver
+        return {
+            "height": state.height,
+            "app_hash": head.app_hash.hex(),
+            "block_hash": head.block_hash.hex(),
+            "time_ms": state.time_ms,
+            "is_validator": any(v.address == self.address for v in rows),
+            "validators": [{"address": v.address, "power": v.power} for v in rows],
+            "mempool": len(self.mempool),
+            "syncing": driver is None or not driver.joined or driver.syncing or self.sync.active,
+            "round": driver.core.round if driver is not None and driver.core.running else 0,
+            "evidence_pending": len(driver.evidence) if driver is not None else 0,
+        }
+
+    def block_info(self, height: int) -> dict[str, Any] | None:
+        """Summary of a committed block, or None if this peer does not hold it."""
+        if self._reader is None:
+            return None
+        stored = self._reader.block(height)
+        if stored is None:
+            return None
+        try:
+            block, commit = Block.decode(stored[0]), decode_commit(stored[1])
+        except LedgerError as e:
+            raise CorruptStore(f"stored block {height} does not decode: {e}") from e
+        return {
+            "height": block.height,
+            "hash": block.hash.hex(),
+            "time_ms": block.time_ms,
+            "proposer": block.proposer,
+            "prev_hash": block.prev_hash.hex(),
+            "last_app_hash": block.last_app_hash.hex(),
+            "txs": len(block.txs),
+            "evidence": len(block.evidence),
+            "commit_round": commit.round,
+            "signers": [s.validator for s in commit.signatures],
+        }
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    async def _load(self) -> ConsensusDriver:
+        state = await trio.to_thread.run_sync(self.store.load_state)
+        tip = self.store.tip()
+        if state is None or tip is None:
+            head = self._head0
+        elif state.chain_id != self.genesis.chain_id:
+            raise CorruptStore(f"store holds chain {state.chain_id!r}, genesis is {self.genesis.chain_id!r}")
+        else:
+            head = Head(state, tip.app_hash, tip.block_hash)
+        self.mempool.update((), head.state)
+        timeouts, max_block_txs, empty_block_interval, clock_ms = self._config
+        log.info("ledger loaded", height=head.state.height, address=self.address)
+        return ConsensusDriver(
+            identity=self.identity,
+            gossip=self.gossip,
+            store=self.store,
+            mempool=self.mempool,
+            head=head,
+            metrics=self.metrics,
+            timeouts=timeouts,
+            empty_block_interval=empty_block_interval,
+            max_block_txs=max_block_txs,
+            on_commit=self._committed,
+            hint_sync=self.sync.hint,
+            clock_ms=clock_ms,
+        )
+
+    # -- the owner task -----------------------------------------------------------------------
+
+    async def _owner(self) -> None:
+        driver = self.driver
+        assert driver is not None
+        async for event in self._inbox_recv:
+            match event:
+                case _Gossip(topic=topic, envelope=envelope):
+                    await self._on_gossip(driver, topic, envelope)
+                case Timeout():
+                    await driver.on_timeout(event)
+                case HeightDue():
+                    await driver.on_height_due(event)
+                case _Submit(tx=tx, reply=reply):
+                    try:
+                        reply.send_nowait(self.mempool.add(tx, driver.head.state))
+                    except LedgerError as e:
+                        reply.send_nowait(e)
+                    await driver.maybe_start()
+                case _Watch():
+                    self._on_watch(event)
+                case _Synced():
+                    ok = await driver.on_synced(
+                        event.peer, event.height, event.block, event.commit, event.more
+                    )
+                    event.reply.send_nowait(ok)
+                case _SyncDone():
+                    await driver.on_sync_done()
+                case _Join():
+                    await driver.join()
+
+    async def _on_gossip(self, driver: ConsensusDriver, topic: str, envelope: Envelope) -> None:
+        if topic == TOPIC_TX:
+            try:
+                self.mempool.add(envelope.body, driver.head.state)
+            except LedgerError as e:
+                log.debug("gossiped tx not admitted", reason=str(e))
+                return
+            await driver.maybe_start()
+            return
+        try:
+            msg = parse_consensus(envelope)
+        except (ConsensusError, TypeError, ValueError):
+            return  # validated already; nothing else gets here
+        if isinstance(msg, DuplicateVoteEvidence):
+            await driver.add_evidence(msg, publish=False)
+        else:
+            await driver.on_message(msg, envelope.author_id)
+
+    def _on_watch(self, watch: _Watch) -> None:
+        if watch.stop:
+            waiting = self._waiters.get(watch.tx_hash, [])
+            if watch.reply in waiting:
+                waiting.remove(watch.reply)
+            if not waiting:
+                self._waiters.pop(watch.tx_hash, None)
+            return
+        assert self._reader is not None
+        placed = self._reader.tx_location(watch.tx_hash)
+        if placed is not None:
+            watch.reply.send_nowait(placed)
+        else:
+            self._waiters.setdefault(watch.tx_hash, []).append(watch.reply)
+
+    def _committed(self, block: Block, hashes: list[bytes], receipts: list[Receipt]) -> None:
+        for index, (tx_hash, receipt) in enumerate(zip(hashes, receipts, strict=True)):
+            for reply in self._waiters.pop(tx_hash, ()):
+                try:
+                    reply.send_nowait((block.height, index, receipt))
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # that waiter gave up
+
+    # -- feeding the owner ---------------------------------------------------------------------
+
+    async def _pump(self, topic: str, channel: trio.MemoryReceiveChannel[Envelope]) -> None:
+        async with channel:
+            async for envelope in channel:
+                await self._inbox_send.send(_Gossip(topic, envelope))
+
+    async def _deliver(self, peer: PeerId, height: int, block: bytes, commit: bytes, more: bool) -> bool:
+        reply_send, reply_recv = trio.open_memory_channel[bool](1)
+        await self._inbox_send.send(_Synced(peer, height, block, commit, more, reply_send))
+        return await reply_recv.receive()
+
+    async def _sync_done(self) -> None:
+        await self._inbox_send.send(_SyncDone())
+
+    def _validate_tx(self, envelope: Envelope) -> Verdict:
+        if not self._ready:
+            return Verdict.IGNORE  # offered again by gossip sync once we are up
+        checked = check_tx_envelope(envelope, self.head.state)
+        if checked.verdict is Verdict.REJECT:
+            log.info("rejected a gossiped tx", author=envelope.author_id, reason=checked.reason)
+        return checked.verdict
+
+    def _validate_consensus(self, envelope: Envelope) -> Verdict:
+        if not self._ready:
+            return Verdict.IGNORE
+        checked = check_consensus_envelope(envelope, self.head.state)
+        if checked.verdict is Verdict.REJECT:
+            log.info("rejected a consensus message", author=envelope.author_id, reason=checked.reason)
+        elif checked.verdict is Verdict.IGNORE and checked.ahead:
+            self.sync.hint(envelope.author_id)
+        return checked.verdict
+
+    def _tip(self) -> tuple[int, bytes]:
+        head = self.head
+        return head.state.height, head.block_hash
+
+    def _mempool_size(self) -> int:
+        return len(self.mempool)
+
+    def _check_serving(self) -> None:
+        if not self._ready:
+            raise RuntimeError("the ledger node is not serving")
