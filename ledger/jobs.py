@@ -237,22 +237,17 @@ def job_cancel(j: Journal, tx: Tx, sender: str) -> None:
 # ---- end_block ------------------------------------------------------------------------------
 
 
+def _score(state: State, job: Job, solver: str, bid: Bid) -> int:
+    stake = _stake_of(state, solver) + bid.bond
+    return bid_score(state.params, job.bounty, bid.price, reputation_of(state, solver, "solver"), stake)
+
+
 def _choose_winner(j: Journal, job_id: str, job: Job) -> None:
     s = j.state
     bids = _bids_of(s, job_id)
+    # Highest score first, then the lower address: the first of this order wins.
     ranked = sorted(
-        (
-            -bid_score(
-                s.params,
-                job.bounty,
-                b.price,
-                reputation_of(s, solver, "solver"),
-                _stake_of(s, solver) + b.bond,
-            ),
-            solver,
-        )
-        for solver, b in bids
-        if _unmet(s, job, solver, b.bond) is None
+        (-_score(s, job, solver, b), solver) for solver, b in bids if _unmet(s, job, solver, b.bond) is None
     )
     winner = ranked[0][1] if ranked else ""
     for solver, b in bids:

@@ -19,7 +19,6 @@ from peer import render
 from peer.client import ApiClient, api_url
 from peer.config import load_config
 from peer.errors import ConfigError, PeerError
-from peer.genesis_file import install_genesis, read_genesis
 from peer.home import Home, init_home, load_identity, resolve_home
 from peer.tx_cli import genesis_app, ledger_app, query_app, tx_app
 from peer.version import __version__
@@ -106,6 +105,8 @@ def init(
     given = {"listen": listen or None, "bootstrap": bootstrap or None, "api_listen": api}
     load_config(None, env={}, cli=given)  # validate before writing anything
     if genesis is not None:
+        from peer.genesis_file import install_genesis, read_genesis  # loads the ledger: only when asked
+
         read_genesis(genesis)  # a bad file is refused before the home is touched
     result = init_home(home, listen=listen or None, bootstrap=bootstrap or None, api_listen=api)
     if not result.created_config and any(v is not None for v in given.values()):

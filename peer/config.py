@@ -177,6 +177,11 @@ def _toml_list(values: list[str]) -> str:
 
 # Round timeouts of a local test net (`hivemesh cluster up`): every peer is on this machine.
 LOCAL_CONSENSUS = {"consensus_propose_ms": 1000, "consensus_vote_ms": 500, "consensus_delta_ms": 250}
+# Genesis defaults of a local test net (`hivemesh cluster up`, `hivemesh genesis create`).
+DEFAULT_CHAIN_ID = "hivemesh-local"
+DEFAULT_BALANCE = 1_000_000_000
+DEFAULT_SELF_STAKE = 1_000_000
+DEFAULT_COMMISSION_BPS = 500
 
 
 def config_template(

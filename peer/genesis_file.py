@@ -22,13 +22,9 @@ from ledger.errors import InvalidGenesis, InvalidTx
 from ledger.genesis import Genesis, GenesisValidator
 from ledger.params import Params
 from ledger.tx import check_address
+from peer.config import DEFAULT_BALANCE, DEFAULT_CHAIN_ID, DEFAULT_COMMISSION_BPS, DEFAULT_SELF_STAKE
 from peer.errors import GenesisError
 from peer.home import Home, write_atomic
-
-DEFAULT_CHAIN_ID = "hivemesh-local"
-DEFAULT_BALANCE = 1_000_000_000
-DEFAULT_SELF_STAKE = 1_000_000
-DEFAULT_COMMISSION_BPS = 500
 
 # A local test net lives for minutes: everything measured in blocks is short.
 LOCAL_PARAMS = Params(

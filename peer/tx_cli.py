@@ -5,6 +5,7 @@ sign with its node key (POST /tx) and, by default, wait for the commit. Success 
 hash and the commit height; a rejection (or a tx that committed but failed) prints one
 `error:` line and exits 1. Addresses are checked here first, so a typo is reported without
 asking the daemon. `genesis create` / `genesis show` work on files and need no daemon.
+The ledger package is imported only inside the commands that need it (CLI start-up time).
 """
 
 from __future__ import annotations
@@ -19,16 +20,8 @@ import typer
 
 from peer import render
 from peer.client import ApiClient, api_url
+from peer.config import DEFAULT_BALANCE, DEFAULT_CHAIN_ID, DEFAULT_COMMISSION_BPS, DEFAULT_SELF_STAKE
 from peer.errors import ApiError, PeerError
-from peer.genesis_file import (
-    DEFAULT_BALANCE,
-    DEFAULT_CHAIN_ID,
-    DEFAULT_COMMISSION_BPS,
-    DEFAULT_SELF_STAKE,
-    local_genesis,
-    read_genesis,
-    write_genesis,
-)
 from peer.home import Home
 
 tx_app = typer.Typer(help="Send ledger transactions signed by the running peer's key.", no_args_is_help=True)
@@ -332,6 +325,8 @@ def genesis_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a local test-net genesis: validators bonded with equal stake, accounts funded."""
+    from peer.genesis_file import local_genesis, write_genesis
+
     validators = [_address(v) for v in validator or []]
     if not validators:
         raise LedgerRejected("a genesis needs at least one --validator ADDR (e.g. from `hivemesh id`)")
@@ -357,5 +352,7 @@ def genesis_show(
     ] = None,
 ) -> None:
     """Check a genesis file and print it as JSON."""
+    from peer.genesis_file import read_genesis
+
     genesis = read_genesis(path if path is not None else _home(ctx).genesis_path)
     print(json.dumps(genesis.to_dict(), indent=2))

@@ -115,15 +115,30 @@ class LedgerCluster:
     def path(self, index: int) -> Path:
         return self.root / f"peer-{index}.sqlite"
 
-    async def start(self, index: int, *, identity: Identity | None = None, **node_args: Any) -> LedgerPeer:
-        """Start peer `index` on its store (created if missing), connected to every running peer."""
+    async def start(
+        self, index: int, *, identity: Identity | None = None, connect: tuple[str, ...] = (), **node_args: Any
+    ) -> LedgerPeer:
+        """Start peer `index` on its store (created if missing), connected to every running peer
+        and to the addresses in `connect`."""
         ident = identity or self.identities[index]
-        peer: LedgerPeer = await self.nursery.start(self._run, index, ident, node_args)
+        peer: LedgerPeer = await self.nursery.start(self._run, index, ident, connect, node_args)
         self.peers[index] = peer
         return peer
 
-    async def start_all(self) -> list[LedgerPeer]:
-        return [await self.start(i) for i in range(len(self.identities))]
+    async def start_all(self, **node_args: Any) -> list[LedgerPeer]:
+        return [await self.start(i, **node_args) for i in range(len(self.identities))]
+
+    async def gossip_peer(self, identity: Identity | None = None) -> GossipNode:
+        """A serving gossip node with no ledger, connected to every running peer (for hostile or
+        byzantine behaviour scripted by the test)."""
+        identity = identity or Identity.generate()
+        transport = self.net.transport(identity)
+        await self.nursery.start(transport.serve)
+        for peer in self.peers.values():
+            await transport.connect(peer.addr)
+        node = GossipNode(transport, identity, CollectorRegistry(), sync_interval=GOSSIP_SYNC_INTERVAL)
+        await self.nursery.start(node.serve)
+        return node
 
     async def stop(self, index: int) -> None:
         """Cancel the peer's tasks, as a crash would; its store is closed and kept."""
@@ -131,8 +146,19 @@ class LedgerCluster:
         peer.scope.cancel()
         await peer.stopped.wait()
 
+    def wipe(self, index: int) -> None:
+        """Delete a stopped peer's store, as a fresh install would start."""
+        assert index not in self.peers, "stop it first"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path(index)}{suffix}").unlink(missing_ok=True)
+
     async def _run(
-        self, index: int, identity: Identity, node_args: dict[str, Any], task_status: trio.TaskStatus[LedgerPeer]
+        self,
+        index: int,
+        identity: Identity,
+        connect: tuple[str, ...],
+        node_args: dict[str, Any],
+        task_status: trio.TaskStatus[LedgerPeer],
     ) -> None:
         store = LedgerStore(self.path(index))
         stopped = trio.Event()
@@ -141,9 +167,9 @@ class LedgerCluster:
                 async with trio.open_nursery() as nursery:
                     transport = self.net.transport(identity)
                     await nursery.start(transport.serve)
-                    for other in list(self.peers.values()):
+                    for addr in [p.addr for p in self.peers.values()] + list(connect):
                         with suppress(DialError):
-                            await transport.connect(other.addr)
+                            await transport.connect(addr)
                     registry = CollectorRegistry()
                     gossip = GossipNode(transport, identity, registry, sync_interval=GOSSIP_SYNC_INTERVAL)
                     args: dict[str, Any] = {
@@ -157,7 +183,16 @@ class LedgerCluster:
                     await nursery.start(gossip.serve)
                     await nursery.start(node.serve)
                     peer = LedgerPeer(
-                        index, identity, self.path(index), transport, gossip, node, store, registry, scope, stopped
+                        index,
+                        identity,
+                        self.path(index),
+                        transport,
+                        gossip,
+                        node,
+                        store,
+                        registry,
+                        scope,
+                        stopped,
                     )
                     task_status.started(peer)
         finally:

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from tests.ledger_cluster import BALANCE, LedgerCluster, ledger_cluster
+from gossip.identity import Identity
+from gossip.memory_transport import MemoryTransport
+from gossip.reqresp import RequestResponse
+from gossip.topics import TOPIC_CONSENSUS, TOPIC_TX
+from ledger.block import ZERO_HASH, build_block
+from ledger.blocksync import BLOCKS_PROTOCOL, encode_commit
+from ledger.consensus import Commit, Proposal, Vote, VoteType, decode_message
+from ledger.genesis import genesis_state
+from ledger.tx import SignedTx, sign_tx
+from tests.ledger_cluster import BALANCE, CHAIN, STAKE, LedgerCluster, Spy, ledger_cluster
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def submit_transfers(cluster: LedgerCluster, count: int, amount: int = 7) -> list[str]:
-    """`count` transfers from the users to the observer-less recipients, submitted round robin."""
+    """`count` transfers among the users; each user submits all its txs through one peer."""
     peers = cluster.running()
+    users = len(cluster.users)
     hashes = []
     for i in range(count):
-        tx = cluster.transfer(i % len(cluster.users), cluster.users[(i + 1) % len(cluster.users)].peer_id, amount)
-        hashes.append(await peers[i % len(peers)].node.submit(tx))
+        tx = cluster.transfer(i % users, cluster.users[(i + 1) % users].peer_id, amount)
+        hashes.append(await peers[i % users % len(peers)].node.submit(tx))
     return hashes
 
 
@@ -41,4 +54,236 @@ async def test_validators_and_observer_commit_transfers_identically(tmp_path: Pa
         assert peers[0].node.status()["is_validator"]
         assert observer.metric("hivemesh_ledger_txs_committed_total") >= 12
         assert peers[0].metric("hivemesh_consensus_rounds_total") >= top
-        trio.lowlevel.current_task()
+
+
+async def test_progress_with_20_percent_gossip_loss(tmp_path: Path) -> None:
+    async with ledger_cluster(tmp_path) as cluster:
+        cluster.net.drop = 0.2
+        peers = await cluster.start_all()
+        hashes = await submit_transfers(cluster, 8)
+        for peer in peers:
+            for tx_hash in hashes:
+                await peer.node.wait_committed(tx_hash, timeout=30)
+        start = max(cluster.heights())
+        await wait_until(lambda: cluster.converged(at_least=start + 2), timeout=20)
+        assert cluster.same_chain(peers, start + 2)
+        assert cluster.net.counters["dropped"] > 0
+
+
+def signed_slots(spy: Spy) -> dict[tuple[str, int, int, str], set[bytes | None]]:
+    """Everything each validator signed, as seen by the spy: (signer, height, round, step) -> values."""
+    slots: dict[tuple[str, int, int, str], set[bytes | None]] = {}
+    for envelope in spy.envelopes:
+        if envelope.kind != "consensus":
+            continue
+        msg = decode_message(envelope.body)
+        if isinstance(msg, Proposal):
+            key = (msg.proposer, msg.height, msg.round, "proposal")
+            slots.setdefault(key, set()).add(msg.value_id)
+        elif isinstance(msg, Vote):
+            key = (msg.validator, msg.height, msg.round, msg.vote_type.name)
+            slots.setdefault(key, set()).add(msg.value_id)
+    return slots
+
+
+async def test_validator_restarted_from_its_store_rejoins_without_double_signing(tmp_path: Path) -> None:
+    async with ledger_cluster(tmp_path) as cluster:
+        peers = await cluster.start_all()
+        spy = await cluster.spy()
+        victim = peers[3].peer_id
+        await wait_until(lambda: min(cluster.heights()) >= 3, timeout=10)
+        # A crash and an immediate restart: most likely mid-height, with votes already signed.
+        await cluster.stop(3)
+        restarted = await cluster.start(3)
+        restored = restarted.node.driver.core.last_signed if restarted.node.driver else None
+        assert restored is not None and restored.height >= 3  # the double-sign guard came back
+        target = max(cluster.heights()) + 2
+        await wait_until(lambda: cluster.converged(at_least=target), timeout=15)
+        # A longer outage: the others go on with 3 of 4 validators, then it catches up.
+        await cluster.stop(3)
+        hashes = await submit_transfers(cluster, 6)
+        for tx_hash in hashes:
+            await cluster.peers[0].node.wait_committed(tx_hash, timeout=20)
+        outage_top = max(cluster.heights())
+        restarted = await cluster.start(3)
+        await wait_until(lambda: restarted.node.height >= outage_top, timeout=15)
+        signed_after = outage_top + 2
+        await wait_until(
+            lambda: any(k[0] == victim and k[1] >= signed_after for k in signed_slots(spy)), timeout=15
+        )
+        await wait_until(lambda: cluster.converged(at_least=signed_after), timeout=15)
+        assert cluster.same_chain(cluster.running(), signed_after)
+        slots = signed_slots(spy)
+        assert any(k[0] == victim for k in slots)
+        doubles = {k: v for k, v in slots.items() if len(v) > 1}
+        assert doubles == {}
+        assert all(p.node.state.tombstones == {} for p in cluster.running())
+        assert restarted.metric("hivemesh_ledger_blocks_synced_total") > 0
+
+
+def forged_first_block(cluster: LedgerCluster, forger: Identity) -> tuple[bytes, bytes]:
+    """A well-formed block 1 whose commit has one real precommit and one signed by the wrong key."""
+    state = genesis_state(cluster.genesis)
+    tx = sign_tx(
+        cluster.users[0], "transfer", {"to": forger.peer_id, "amount": 999}, nonce=0, fee=1, chain_id=CHAIN
+    )
+    block = build_block(state, ZERO_HASH, cluster.identities[0].peer_id, 5_000, [tx])
+    signers = [(cluster.identities[0], cluster.identities[0]), (forger, cluster.identities[1])]
+    votes = [
+        Vote.create(key.sign, CHAIN, VoteType.PRECOMMIT, 1, 0, block.hash, claimed.peer_id)
+        for key, claimed in signers
+    ]
+    return block.encoded, encode_commit(Commit.from_votes(votes))
+
+
+async def hostile_block_server(nursery: trio.Nursery, cluster: LedgerCluster) -> MemoryTransport:
+    """A peer that claims a very high chain and serves a forged block 1."""
+    identity = Identity.generate()
+    transport = cluster.net.transport(identity)
+    await nursery.start(transport.serve)
+    block, commit = forged_first_block(cluster, identity)
+
+    async def handle(peer: str, body: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        if body.get("op") == "status":
+            return {"height": 10_000, "hash": bytes(32)}
+        return {"blocks": [[1, block, commit]]}
+
+    RequestResponse(transport).set_handler(BLOCKS_PROTOCOL, handle)
+    return transport
+
+
+async def test_wiped_node_block_syncs_and_rejects_a_forged_commit(tmp_path: Path) -> None:
+    async with ledger_cluster(tmp_path) as cluster:
+        peers = await cluster.start_all()
+        hashes = await submit_transfers(cluster, 4)
+        for tx_hash in hashes:
+            await peers[0].node.wait_committed(tx_hash, timeout=20)
+        await wait_until(lambda: min(cluster.heights()) >= 6, timeout=15)
+        await cluster.stop(4)
+        cluster.wipe(4)
+        hostile = await hostile_block_server(cluster.nursery, cluster)
+        fresh = await cluster.start(4, connect=(hostile.listen_addrs()[0],))
+        await wait_until(lambda: fresh.node.height >= 6, timeout=15)
+        score = fresh.gossip.scores.score(hostile.peer_id)
+        assert score < 0 and "commit" in fresh.gossip.scores.last_reason(hostile.peer_id)
+        assert fresh.metric("hivemesh_ledger_blocks_synced_total") >= 6
+        for tx_hash in hashes:
+            assert (await fresh.node.wait_committed(tx_hash, timeout=1))[2].ok
+        target = max(cluster.heights()) + 1
+        await wait_until(lambda: cluster.converged(at_least=target), timeout=15)
+        assert cluster.same_chain(cluster.running(), target)
+
+
+async def test_partitioned_validator_catches_up_after_healing(tmp_path: Path) -> None:
+    async with ledger_cluster(tmp_path, observers=0) as cluster:
+        peers = await cluster.start_all()
+        await wait_until(lambda: min(cluster.heights()) >= 2, timeout=10)
+        isolated, majority = peers[0], peers[1:]
+        cluster.net.partition([isolated.peer_id])
+        cut = max(cluster.heights())
+        hashes = [
+            await majority[i].node.submit(cluster.transfer(i + 1, cluster.users[0].peer_id, 5))
+            for i in range(3)
+        ]
+        for tx_hash in hashes:
+            await majority[0].node.wait_committed(tx_hash, timeout=20)
+        await wait_until(lambda: min(p.node.height for p in majority) >= cut + 4, timeout=20)
+        assert isolated.node.height <= cut + 1  # one validator of four cannot decide alone
+        cluster.net.heal()
+        target = max(cluster.heights())
+        await wait_until(lambda: isolated.node.height >= target, timeout=20)
+        for tx_hash in hashes:
+            assert (await isolated.node.wait_committed(tx_hash, timeout=1))[2].ok
+        await wait_until(lambda: cluster.converged(at_least=target + 1), timeout=20)
+        assert cluster.same_chain(peers, target + 1)
+
+
+async def test_equivocating_validator_is_slashed_and_jailed(tmp_path: Path) -> None:
+    async with ledger_cluster(tmp_path) as cluster:
+        honest = [await cluster.start(i) for i in (0, 1, 2, 4)]  # validator 3 runs no ledger: it only lies
+        liar = cluster.identities[3]
+        byzantine = await cluster.gossip_peer(liar)
+        await wait_until(lambda: min(cluster.heights()) >= 2, timeout=10)
+
+        def offence_committed() -> bool:
+            return all(any(v == liar.peer_id for v, _ in p.node.state.tombstones) for p in honest)
+
+        for _ in range(10):  # each try aims at the height being decided now and the next one
+            base = honest[0].node.height + 1
+            for height in (base, base + 1):
+                for vid in (None, hashlib.sha256(b"fake block %d" % height).digest()):
+                    vote = Vote.create(liar.sign, CHAIN, VoteType.PREVOTE, height, 0, vid, liar.peer_id)
+                    await byzantine.publish(TOPIC_CONSENSUS, "consensus", vote.to_wire())
+            with trio.move_on_after(3):
+                await wait_until(offence_committed, timeout=math.inf)
+            if offence_committed():
+                break
+        assert offence_committed()
+        for peer in honest:
+            record = peer.node.state.validators[liar.peer_id]
+            assert record.jailed and record.self_stake == STAKE - STAKE * 500 // 10_000
+        assert any(
+            (info := honest[0].node.block_info(h)) and info["evidence"]
+            for h in range(1, honest[0].node.height + 1)
+        )
+        # The set two heights on leaves the liar out, and the three honest validators go on.
+        await wait_until(
+            lambda: all(v.address != liar.peer_id for v in honest[0].node.state.validator_set), timeout=10
+        )
+        target = max(cluster.heights()) + 2
+        await wait_until(lambda: cluster.converged(at_least=target), timeout=15)
+        assert honest[0].metric("hivemesh_ledger_evidence_total") >= 1
+
+
+async def test_hostile_gossip_is_rejected_and_penalised(tmp_path: Path) -> None:
+    async with ledger_cluster(tmp_path, observers=0) as cluster:
+        peers = await cluster.start_all()
+        await wait_until(lambda: min(cluster.heights()) >= 1, timeout=10)
+        target = peers[0]
+        hostile = await cluster.gossip_peer()
+        stranger = Identity.generate()
+        good = sign_tx(
+            cluster.users[0],
+            "transfer",
+            {"to": stranger.peer_id, "amount": 1},
+            nonce=0,
+            fee=1,
+            chain_id=CHAIN,
+        )
+        forged = SignedTx(good.tx, bytes(64)).encoded  # well formed, signature of zeros
+        height = target.node.height + 1
+        lies: list[tuple[str, str, Any]] = [
+            (TOPIC_TX, "tx", b"\x93not a tx"),
+            (TOPIC_TX, "tx", forged),
+            (TOPIC_CONSENSUS, "consensus", ["vote", 1, height, 0, None, "x", b"short"]),
+            (
+                TOPIC_CONSENSUS,
+                "consensus",
+                Vote.create(
+                    stranger.sign, CHAIN, VoteType.PREVOTE, height, 0, None, stranger.peer_id
+                ).to_wire(),
+            ),
+            (
+                TOPIC_CONSENSUS,
+                "consensus",
+                Vote.create(
+                    stranger.sign, CHAIN, VoteType.PREVOTE, height, 0, None, peers[1].peer_id
+                ).to_wire(),
+            ),
+            (TOPIC_CONSENSUS, "evidence", ["duplicate_vote", 1, 2]),
+        ]
+        for topic, kind, body in lies:
+            await hostile.publish(topic, kind, body)
+        await wait_until(lambda: target.gossip.scores.score(hostile.peer_id) <= -10 * len(lies), timeout=5)
+        # A tx that is merely stale costs nothing: once committed, its replay is ignored.
+        tx_hash = await target.node.submit(good.encoded)
+        await target.node.wait_committed(tx_hash, timeout=15)
+        before = target.gossip.scores.score(hostile.peer_id)
+        rejected = target.gossip.stats()["rejected"]
+        await hostile.publish(TOPIC_TX, "tx", good.encoded)
+        await wait_until(lambda: target.gossip.stats()["ignored"] > 0, timeout=5)
+        assert target.gossip.stats()["rejected"] == rejected
+        assert target.gossip.scores.score(hostile.peer_id) >= before
+        start = target.node.height
+        await wait_until(lambda: cluster.converged(at_least=start + 2), timeout=15)

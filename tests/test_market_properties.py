@@ -220,7 +220,7 @@ def setup_chain() -> tuple[State, list]:
     history = []
     for h, txs in enumerate(setup, start=1):
         raw = [t.encoded for t in txs]
-        state, receipts, digest = apply_block(state, h, h, A[0], raw)
+        state, receipts, digest = apply_block(state, h, h * 1_000, A[0], raw)
         assert all(r.ok for r in receipts), receipts
         history.append((h, A[0], raw, [], digest))
     return state, history
@@ -270,7 +270,7 @@ def test_random_market_keeps_supply_and_replays(plan):
     assert decode_state(encode_state(state)) == state
     replay = genesis_state(GENESIS)
     for h, proposer, raw, block_verdicts, digest in history:
-        replay, _, _ = apply_block(replay, h, h * 1_000 if h > 2 else h, proposer, raw)
+        replay, _, _ = apply_block(replay, h, h * 1_000, proposer, raw)
         for verdict in block_verdicts:
             replay = apply_verdict(replay, verdict)
         assert app_hash(replay) == digest
@@ -283,12 +283,12 @@ def test_the_same_ops_every_block_drive_jobs_to_the_end(block_ops):
     """Many blocks of the same ops: jobs go through every phase and every token stays accounted for."""
     state, _ = setup_chain()
     for h in range(3, 16):
-        state, receipts, _ = apply_block(state, h, h, A[h % N], build_txs(state, block_ops))
+        state, receipts, _ = apply_block(state, h, h * 1_000, A[h % N], build_txs(state, block_ops))
         assert len(receipts) == len(block_ops)
         check_invariants(state)
     for _ in range(10):  # no new txs: every job runs out its windows and closes
         h = state.height + 1
-        state, _, _ = apply_block(state, h, h, A[0], [])
+        state, _, _ = apply_block(state, h, h * 1_000, A[0], [])
     check_invariants(state)
     assert all(j.status in FINAL_STATUSES for j in state.jobs.values())
     assert not state.bids and not state.job_timers
