@@ -13,7 +13,7 @@ each rate only, and prints the top functions of the busiest peer (profiling slow
 down: its latency numbers are not comparable with a normal run).
 
     python benchmarks/gossip_latency.py [--peers 20] [--rates 10,25,50] [--seconds 10]
-        [--profile DIR] [--mesh D,D_low,D_high] [--px-degree N]
+        [--profile DIR] [--mesh D,D_low,D_high] [--px-degree N] [--no-idontwant]
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from peer.client import ApiClient
 from peer.cluster import Cluster, cluster_down, cluster_up
 
 TARGET_DEGREE = 6  # PeerExchange's default
-# Loaded by every peer process through PYTHONPATH (as sitecustomize) when --profile, --mesh
-# or --px-degree is given. Profiling: SIGUSR1 starts a fresh cProfile, SIGUSR2 stops it and
-# writes DIR/<pid>.prof (the last rate's window wins). The other two are experiment knobs:
-# they override the GossipSub degrees and the peer-exchange target before the peer starts.
+# Loaded by every peer process through PYTHONPATH (as sitecustomize) when --profile or an
+# experiment knob is given. Profiling: SIGUSR1 starts a fresh cProfile, SIGUSR2 stops it and
+# writes DIR/<pid>.prof (the last rate's window wins). The knobs override, before the peer
+# starts, the GossipSub degrees, the GossipSub versions offered and the peer-exchange target.
 _HOOK = """\
 import cProfile, os, signal, time
 _dir = os.environ.get("HIVEMESH_BENCH_PROFILE_DIR")
@@ -56,6 +56,9 @@ if os.environ.get("HIVEMESH_BENCH_MESH"):
     import gossip.libp2p_host as _host
     _d = [int(x) for x in os.environ["HIVEMESH_BENCH_MESH"].split(",")]
     _host.GOSSIP_DEGREE, _host.GOSSIP_DEGREE_LOW, _host.GOSSIP_DEGREE_HIGH = _d
+if os.environ.get("HIVEMESH_BENCH_NO_IDONTWANT"):
+    import gossip.libp2p_host as _host
+    _host.PROTOCOL_ID_V12 = _host.PROTOCOL_ID_V11  # speak GossipSub 1.1: no IDONTWANT per message
 if os.environ.get("HIVEMESH_BENCH_PX_DEGREE"):
     import gossip.peerexchange as _px
     _px.PeerExchange.__init__.__kwdefaults__["target_degree"] = int(os.environ["HIVEMESH_BENCH_PX_DEGREE"])
@@ -208,6 +211,7 @@ def install_hook(directory: Path, args: argparse.Namespace) -> None:
         "HIVEMESH_BENCH_PROFILE_DIR": str(args.profile.absolute()) if args.profile else None,
         "HIVEMESH_BENCH_MESH": args.mesh,
         "HIVEMESH_BENCH_PX_DEGREE": str(args.px_degree) if args.px_degree else None,
+        "HIVEMESH_BENCH_NO_IDONTWANT": "1" if args.no_idontwant else None,
     }
     if not any(settings.values()):
         return
@@ -228,6 +232,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, help="run peers under cProfile, dump here")
     parser.add_argument("--mesh", default=None, help="experiment: GossipSub D,D_low,D_high (e.g. 3,2,4)")
     parser.add_argument("--px-degree", type=int, default=None, help="experiment: peer-exchange target")
+    parser.add_argument("--no-idontwant", action="store_true", help="experiment: GossipSub 1.1 only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hivemesh-bench-") as tmp:
         install_hook(Path(tmp) / "hook", args)

@@ -2,11 +2,15 @@
 
 Every public function here is pure: it copies the state it is given and returns a new one.
 
-Block order (apply_block): begin_block (check height and time, activate the validator set
-scheduled for this height, slash evidence, release matured unbonding entries), then each tx in
-order, then end_block (pay the block's fees to its proposer, act on the jobs due at this height
-(choose winners, expire, miss deadlines, finalize: ledger.jobs), tally ended proposals, schedule
-a changed validator set for height + 2). app_hash is taken after end_block.
+Block order (apply_block): begin_block (check height and time, derive the block's entropy
+(ledger.randomness) from the last one and the block's own randomness `entropy` (the previous
+block's hash), activate the validator set scheduled for this height, slash evidence, release
+matured unbonding entries), then each tx in order, then end_block (pay the block's fees to its
+proposer, act on the jobs due at this height (choose winners, expire, miss deadlines, finalize:
+ledger.jobs), act on the trust games due (dispute timeouts and committee draws:
+ledger.disputes; spot-check seeds: ledger.audits; reputation tallies: ledger.repvote), tally
+ended proposals, schedule a changed validator set for height + 2). app_hash is taken after
+end_block.
 
 Fee and nonce rule (like Cosmos): a tx passes the admission checks (`check_tx`: chain id,
 signature, known sender, nonce == account nonce, fee >= params.min_fee, balance >= fee) or it is
@@ -25,7 +29,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ledger import accounts, governance, jobs, models, slashing, staking
+from ledger import accounts, audits, canary, disputes, governance, jobs, models, repvote, slashing, staking
 from ledger.errors import (
     BadNonce,
     FeeTooLow,
@@ -36,6 +40,7 @@ from ledger.errors import (
     UnknownAccount,
     WrongChain,
 )
+from ledger.randomness import next_entropy
 from ledger.slashing import EvidenceLike
 from ledger.state import Journal, State, ValidatorSet, app_hash
 from ledger.tx import SignedTx, Tx, check_address, decode_tx, verify_tx
@@ -59,6 +64,16 @@ HANDLERS: dict[str, Handler] = {
     "job_bid": jobs.job_bid,
     "job_commit": jobs.job_commit,
     "job_cancel": jobs.job_cancel,
+    "dispute_open": disputes.dispute_open,
+    "dispute_bisect": disputes.dispute_bisect,
+    "dispute_respond": disputes.dispute_respond,
+    "dispute_verdict": disputes.dispute_verdict,
+    "canary_seal": canary.canary_seal,
+    "canary_reveal": canary.canary_reveal,
+    "verify_report": audits.verify_report,
+    "vote_open": repvote.vote_open,
+    "vote_commit": repvote.vote_commit,
+    "vote_reveal": repvote.vote_reveal,
 }
 
 
@@ -146,7 +161,17 @@ def _deliver(state: State, raw: SignedTx | bytes, verified: Collection[bytes]) -
     return Receipt(stx.hash, True, "ok", "", True, tx.fee)
 
 
-def _begin(state: State, height: int, time_ms: int, proposer: str, evidence: Sequence[EvidenceLike]) -> None:
+MAX_BLOCK_ENTROPY = 64
+
+
+def _begin(
+    state: State,
+    height: int,
+    time_ms: int,
+    proposer: str,
+    evidence: Sequence[EvidenceLike],
+    entropy: bytes = b"",
+) -> None:
     if not isinstance(height, int) or height != state.height + 1:
         raise InvalidBlock(f"block height {height!r} does not follow the last applied height {state.height}")
     if not isinstance(time_ms, int) or time_ms < state.time_ms:
@@ -160,8 +185,11 @@ def _begin(state: State, height: int, time_ms: int, proposer: str, evidence: Seq
             getattr(ev, "height", None), int
         ):
             raise InvalidBlock(f"bad evidence {ev!r}")
+    if not isinstance(entropy, bytes) or len(entropy) > MAX_BLOCK_ENTROPY:
+        raise InvalidBlock(f"block entropy must be at most {MAX_BLOCK_ENTROPY} bytes")
     assert state.fee_pool == 0, "fee pool must be empty between blocks"
     state.height, state.time_ms, state.proposer = height, time_ms, proposer
+    state.entropy = next_entropy(state.entropy, height, time_ms, proposer, entropy)
     j = Journal(state)
     staking.promote_validator_set(j)
     for ev in evidence:
@@ -176,6 +204,9 @@ def _end(state: State) -> ValidatorSet | None:
         accounts.credit(j, state.proposer, state.fee_pool)
         j.set("fee_pool", 0)
     jobs.process_due(j)
+    disputes.process_due(j)
+    audits.process_due(j)
+    repvote.process_due(j)
     governance.tally_ended(j)
     updates = staking.schedule_validator_set(j)
     j.commit()
@@ -183,11 +214,19 @@ def _end(state: State) -> ValidatorSet | None:
 
 
 def begin_block(
-    state: State, height: int, time_ms: int, proposer: str, evidence: Sequence[EvidenceLike] = ()
+    state: State,
+    height: int,
+    time_ms: int,
+    proposer: str,
+    evidence: Sequence[EvidenceLike] = (),
+    *,
+    entropy: bytes = b"",
 ) -> State:
-    """Start block `height`. Raises InvalidBlock if height, time, proposer or evidence are malformed."""
+    """Start block `height`. `entropy`: the block's own randomness (the previous block's hash).
+
+    Raises InvalidBlock if height, time, proposer, evidence or entropy are malformed."""
     s = state.copy()
-    _begin(s, height, time_ms, proposer, evidence)
+    _begin(s, height, time_ms, proposer, evidence, entropy)
     return s
 
 
@@ -216,13 +255,16 @@ def apply_block(
     evidence: Sequence[EvidenceLike] = (),
     *,
     verified: Collection[bytes] = (),
+    entropy: bytes = b"",
 ) -> tuple[State, list[Receipt], bytes]:
     """Apply a whole committed block: (new state, one receipt per tx in order, app hash).
 
+    `entropy` is the block's own randomness, folded into the state's entropy (ledger.randomness):
+    pass the previous block's hash; every peer must pass the same bytes for the same block.
     Raises InvalidBlock only for block-level data consensus must never produce; bad txs get receipts.
     """
     s = state.copy()
-    _begin(s, height, time_ms, proposer, evidence)
+    _begin(s, height, time_ms, proposer, evidence, entropy)
     receipts = [_deliver(s, tx, verified) for tx in txs]
     _end(s)
     return s, receipts, app_hash(s)

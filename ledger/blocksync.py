@@ -111,6 +111,7 @@ class BlockServer:
             other synchronous readers on the event loop thread.
         tip: () -> (height, block hash) of our last committed block.
         penalize: (peer, reason) for malformed requests.
+        is_banned: peers that get no answer.
     """
 
     def __init__(
@@ -118,11 +119,14 @@ class BlockServer:
         reader: LedgerStore,
         tip: Callable[[], tuple[int, bytes]],
         penalize: Callable[[PeerId, str], None],
+        is_banned: Callable[[PeerId], bool] = lambda peer: False,
     ) -> None:
-        self.reader, self._tip, self._penalize = reader, tip, penalize
+        self.reader, self._tip, self._penalize, self._is_banned = reader, tip, penalize, is_banned
 
     async def handle(self, peer: PeerId, body: Any) -> dict[str, Any]:
         await trio.lowlevel.checkpoint()
+        if self._is_banned(peer):
+            raise GossipError("refused: you are banned by this peer")
         try:
             op, start, count = _parse_request(body)
         except InvalidMessage as e:

@@ -23,12 +23,15 @@ proposer holds back.
 Proposer order: the state holds each height's validator rows (address, key, power) but no
 proposer priorities, so `ProposerSchedule` derives them from the rows and the height alone:
 the weighted round robin of the rows, started from zero priorities, advanced (h - 1) mod
-total_power steps (the rotation has period total_power). Every node computes the same set.
+(total_power / gcd of the powers) steps, the period of the rotation. Every node computes the
+same set; consecutive heights with unchanged rows cost one step each, a change or a restart
+costs up to min(h, period) steps (a reason to keep priorities in the state one day).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -129,7 +132,9 @@ class ProposerSchedule:
             vset = last[2].advance(1)
         else:
             base = ValidatorSet(rows)
-            vset = base.advance((height - 1) % base.total_power)
+            # Priorities stay multiples of the powers' gcd, so the rotation repeats every total/gcd.
+            period = base.total_power // math.gcd(*(v.power for v in base))
+            vset = base.advance((height - 1) % period)
         self._last = (height, rows, vset)
         return vset
 
@@ -267,12 +272,12 @@ class ConsensusDriver:
         await self._commit(block, cert, txs, live=False)
         self.metrics.blocks_synced.inc()
         if not more:
-            await self.maybe_start(force=True)
+            await self.maybe_start()
         return True
 
     async def on_sync_done(self) -> None:
         self.syncing = False
-        await self.maybe_start(force=True)
+        await self.maybe_start()
 
     async def maybe_start(self, *, force: bool = False) -> None:
         """Start the next height if it is time (see the module docstring)."""

@@ -379,3 +379,120 @@ class InvalidDispute(LedgerError):
     """A dispute outcome the ledger cannot apply (bad jackpot share, challenger is the solver)."""
 
     code = "invalid_dispute"
+
+
+# ---- trust games: disputes, audits, reputation votes ---------------------------------------------
+
+
+class UnknownDispute(LedgerError):
+    code = "unknown_dispute"
+
+    def __init__(self, dispute_id: str) -> None:
+        super().__init__(f"no dispute {dispute_id}")
+        self.dispute_id = dispute_id
+
+
+class WrongDisputePhase(LedgerError):
+    code = "wrong_dispute_phase"
+
+    def __init__(self, dispute_id: str, phase: str, expected: str) -> None:
+        super().__init__(f"dispute {dispute_id} is in phase {phase}; this needs {expected}")
+        self.dispute_id, self.phase, self.expected = dispute_id, phase, expected
+
+
+class NotYourMove(LedgerError):
+    code = "not_your_move"
+
+    def __init__(self, dispute_id: str, expected: str, address: str) -> None:
+        super().__init__(f"dispute {dispute_id}: the move belongs to {expected}, not to {address}")
+        self.dispute_id, self.expected, self.address = dispute_id, expected, address
+
+
+class BadBisection(LedgerError):
+    """A bisection move that breaks the game's rules (wrong midpoint, step or leaf count)."""
+
+    code = "bad_bisection"
+
+
+class BadProof(LedgerError):
+    code = "bad_proof"
+
+    def __init__(self, dispute_id: str, index: int) -> None:
+        super().__init__(f"dispute {dispute_id}: the proof of leaf {index} does not match the trace root")
+        self.dispute_id, self.index = dispute_id, index
+
+
+class NotOnCommittee(LedgerError):
+    code = "not_on_committee"
+
+    def __init__(self, dispute_id: str, address: str) -> None:
+        super().__init__(f"{address} is not on the referee committee of dispute {dispute_id}")
+        self.dispute_id, self.address = dispute_id, address
+
+
+class AlreadyVoted(LedgerError):
+    code = "already_voted"
+
+    def __init__(self, what: str, address: str) -> None:
+        super().__init__(f"{address} already voted on {what}")
+        self.what, self.address = what, address
+
+
+class CanaryError(LedgerError):
+    """A canary seal or reveal that does not fit the job (none sealed, sealed twice, bad opening)."""
+
+    code = "canary_error"
+
+
+class ReportRejected(LedgerError):
+    """A verify_report the job cannot take (closed, duplicate, full, sample not yet drawn)."""
+
+    code = "report_rejected"
+
+
+class WrongSampleSeed(LedgerError):
+    code = "wrong_sample_seed"
+
+    def __init__(self, job_id: str, expected: bytes, got: bytes) -> None:
+        super().__init__(f"job {job_id} is sampled with seed {expected.hex()}, the report used {got.hex()}")
+        self.job_id, self.expected, self.got = job_id, expected, got
+
+
+class UnknownRepVote(LedgerError):
+    code = "unknown_repvote"
+
+    def __init__(self, vote_id: str) -> None:
+        super().__init__(f"no reputation vote {vote_id}")
+        self.vote_id = vote_id
+
+
+class WrongVotePhase(LedgerError):
+    code = "wrong_vote_phase"
+
+    def __init__(self, vote_id: str, expected: str, height: int) -> None:
+        super().__init__(f"reputation vote {vote_id} is not in its {expected} phase at height {height}")
+        self.vote_id, self.expected, self.height = vote_id, expected, height
+
+
+class BadReveal(LedgerError):
+    code = "bad_reveal"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the reveal does not open the commitment: {what}")
+        self.what = what
+
+
+class DepositTooLow(LedgerError):
+    code = "deposit_too_low"
+
+    def __init__(self, minimum: int, got: int) -> None:
+        super().__init__(f"deposit {got} is below the minimum {minimum}")
+        self.minimum, self.got = minimum, got
+
+
+class ConflictOfInterest(LedgerError):
+    code = "conflict_of_interest"
+
+    def __init__(self, what: str, address: str) -> None:
+        super().__init__(f"{address} cannot take part in {what}: it is a party to it")
+        self.what, self.address = what, address

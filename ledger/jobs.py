@@ -30,6 +30,10 @@ A job's life (H = the height of the block in which the step happens):
   finalizes it (solver honest; the challenger's verifier reputation goes down) or reverses it
   (payout.pay_reversed; "reversed").
 
+Audits (ledger.audits): job_commit schedules the job's spot-check sample seed; whenever a job
+leaves "committed" or "disputed" its verifier reports are settled (with the dispute's verdict
+when there is one). The dispute game itself (txs, bisection, committee) is ledger.disputes.
+
 Timers: `state.job_timers` holds (due height, job id) -> status for every job that is "open",
 "assigned" or "committed", so end_block touches only the jobs due in that block, in id order.
 """
@@ -42,6 +46,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from gossip.envelope import packb
+from ledger import audits
 from ledger.accounts import credit, debit
 from ledger.errors import (
     AlreadyCommitted,
@@ -217,6 +222,7 @@ def job_commit(j: Journal, tx: Tx, sender: str) -> None:
         due_height=s.height + job.challenge_window_blocks,
     )
     _put(j, job_id, committed)
+    audits.on_commit(j, job_id)
 
 
 def job_cancel(j: Journal, tx: Tx, sender: str) -> None:
@@ -282,10 +288,12 @@ def process_due(j: Journal) -> list[str]:
         elif job.status == "assigned":
             pay_missed(j, job)
             _close(j, job_id, job, "missed")
+            audits.settle_job(j, job_id, None)
         else:
             assert job.status == "committed", (job_id, job.status)
             pay_finalized(j, job)
             _close(j, job_id, job, "finalized")
+            audits.settle_job(j, job_id, None)
     return [job_id for _, job_id in due]
 
 
@@ -318,6 +326,7 @@ def settle_dispute(j: Journal, job_id: str, solver_honest: bool, challenger: str
     _check_challenger(job_id, job, challenger)
     if isinstance(jackpot_bps, bool) or not isinstance(jackpot_bps, int) or not 0 <= jackpot_bps <= BPS:
         raise InvalidDispute(f"jackpot_bps must be an integer in [0, {BPS}], got {jackpot_bps!r}")
+    audits.settle_job(j, job_id, solver_honest)
     if solver_honest:
         pay_finalized(j, job)
         rate(j, challenger, "verifier", up=False, alpha_bps=j.state.params.reputation_dispute_bps)

@@ -148,7 +148,7 @@ class LedgerNode:
         self._tx_channel = gossip.subscribe(TOPIC_TX, self._validate_tx)
         self._consensus_channel = gossip.subscribe(TOPIC_CONSENSUS, self._validate_consensus)
         self._reader: LedgerStore | None = LedgerStore(store.path)
-        self._server = BlockServer(self._reader, self._tip, gossip.penalize)
+        self._server = BlockServer(self._reader, self._tip, gossip.penalize, gossip.scores.is_banned)
         gossip.rpc.set_handler(BLOCKS_PROTOCOL, self._server.handle, max_request=MAX_REQUEST_BYTES)
         self.sync = BlockSync(
             gossip,
@@ -294,7 +294,7 @@ class LedgerNode:
         self.mempool.update((), head.state)
         timeouts, max_block_txs, empty_block_interval, clock_ms = self._config
         log.info("ledger loaded", height=head.state.height, address=self.address)
-        return ConsensusDriver(
+        driver = ConsensusDriver(
             identity=self.identity,
             gossip=self.gossip,
             store=self.store,
@@ -308,6 +308,9 @@ class LedgerNode:
             hint_sync=self.sync.hint,
             clock_ms=clock_ms,
         )
+        # Deriving proposer priorities after a restart walks the rotation: keep it off the loop.
+        await trio.to_thread.run_sync(driver.schedule.at, head.state, head.state.height + 1)
+        return driver
 
     # -- the owner task -----------------------------------------------------------------------
 
@@ -324,9 +327,9 @@ class LedgerNode:
                     await driver.on_height_due(event)
                 case _Submit(tx=tx, reply=reply):
                     try:
-                        reply.send_nowait(self.mempool.add(tx, driver.head.state))
+                        _reply(reply, self.mempool.add(tx, driver.head.state))
                     except LedgerError as e:
-                        reply.send_nowait(e)
+                        _reply(reply, e)
                     await driver.maybe_start()
                 case _Watch():
                     self._on_watch(event)
@@ -334,7 +337,7 @@ class LedgerNode:
                     ok = await driver.on_synced(
                         event.peer, event.height, event.block, event.commit, event.more
                     )
-                    event.reply.send_nowait(ok)
+                    _reply(event.reply, ok)
                 case _SyncDone():
                     await driver.on_sync_done()
                 case _Join():
@@ -369,17 +372,14 @@ class LedgerNode:
         assert self._reader is not None
         placed = self._reader.tx_location(watch.tx_hash)
         if placed is not None:
-            watch.reply.send_nowait(placed)
+            _reply(watch.reply, placed)
         else:
             self._waiters.setdefault(watch.tx_hash, []).append(watch.reply)
 
     def _committed(self, block: Block, hashes: list[bytes], receipts: list[Receipt]) -> None:
         for index, (tx_hash, receipt) in enumerate(zip(hashes, receipts, strict=True)):
             for reply in self._waiters.pop(tx_hash, ()):
-                try:
-                    reply.send_nowait((block.height, index, receipt))
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # that waiter gave up
+                _reply(reply, (block.height, index, receipt))
 
     # -- feeding the owner ---------------------------------------------------------------------
 
@@ -424,3 +424,11 @@ class LedgerNode:
     def _check_serving(self) -> None:
         if not self._ready:
             raise RuntimeError("the ledger node is not serving")
+
+
+def _reply(channel: trio.MemorySendChannel[Any], value: Any) -> None:
+    """Answer a caller that may have given up (cancelled or timed out) in the meantime."""
+    try:
+        channel.send_nowait(value)
+    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass

@@ -44,6 +44,27 @@ BOUNDS: dict[str, tuple[int, int]] = {
     "reputation_gain_bps": (0, BPS),
     "reputation_miss_bps": (0, BPS),
     "reputation_dispute_bps": (0, BPS),
+    # dispute game, audits and reputation votes (ledger.disputes, ledger.audits, ledger.repvote)
+    "dispute_min_bond": (1, 10**15),
+    "dispute_step_blocks": (1, 10**6),
+    "dispute_referee_blocks": (1, 10**6),
+    "dispute_committee_size": (1, 101),
+    "dispute_jackpot_bps": (0, BPS),
+    "dispute_committee_reward_bps": (0, BPS),
+    "reputation_referee_bps": (0, BPS),
+    "verify_report_bond": (0, 10**15),
+    "verify_reward": (0, 10**15),
+    "max_reports_per_job": (1, 1_000),
+    "spot_check_min_bps": (1, BPS),
+    "spot_check_max_bps": (1, BPS),
+    "repvote_min_deposit": (0, 10**15),
+    "repvote_commit_blocks": (1, 10**6),
+    "repvote_reveal_blocks": (1, 10**6),
+    "repvote_quorum_bps": (0, BPS),
+    "repvote_kappa_bps": (1, BPS),
+    "repvote_alpha_bps": (0, BPS),
+    "repvote_tolerance": (0, BPS),
+    "repvote_penalty_bps": (0, BPS),
 }
 
 
@@ -73,6 +94,30 @@ class Params:
     bid_weight_price / _reputation / _stake: weights of the winner score. reputation_default:
     score of an address never rated in a role. reputation_gain_bps / _miss_bps / _dispute_bps:
     EMA step towards 10_000 on a finalized job, towards 0 on a missed deadline / lost dispute.
+
+    Dispute game (ledger.disputes): dispute_min_bond: smallest challenger bond.
+    dispute_step_blocks: blocks a party has for each move (reveal, bisect, respond) before it
+    loses by timeout. dispute_referee_blocks: blocks the committee has to vote.
+    dispute_committee_size: validators drawn to referee the final step. dispute_jackpot_bps:
+    share of the loser's bond paid to the winner (challenger jackpot, or solver compensation).
+    dispute_committee_reward_bps: share of the loser's bond split among the committee members
+    who voted with the majority (jackpot + reward may not exceed 10_000; the rest is burned).
+    reputation_referee_bps: EMA step towards 0 of the validator reputation of a committee member
+    that voted against the majority or did not vote.
+
+    Audits (ledger.audits): verify_report_bond: locked by each verify_report until the job settles
+    (burned if the report is shown wrong). verify_reward: paid from the verifier pool (while it
+    lasts) for each report not shown wrong. max_reports_per_job: reports accepted per job.
+    spot_check_min_bps / _max_bps: sampled share of a job's items for a solver of reputation
+    10_000 / 0 (linear in between; min <= max).
+
+    Reputation votes (ledger.repvote): repvote_min_deposit: smallest deposit of a vote_open
+    (refunded on quorum, burned otherwise). repvote_commit_blocks / _reveal_blocks: phase
+    lengths. repvote_quorum_bps: share of all bonded stake that must reveal. repvote_kappa_bps:
+    the consensus score is the highest score backed by at least this share of the revealed
+    stake (5_000: the stake-weighted median). repvote_alpha_bps: EMA step of the subject's
+    reputation towards the tally. repvote_tolerance: a voter whose score is further than this
+    from the consensus loses repvote_penalty_bps (EMA step towards 0) of validator reputation.
     """
 
     min_fee: int = 1
@@ -104,6 +149,26 @@ class Params:
     reputation_gain_bps: int = 500
     reputation_miss_bps: int = 2_000
     reputation_dispute_bps: int = 5_000
+    dispute_min_bond: int = 1_000
+    dispute_step_blocks: int = 10
+    dispute_referee_blocks: int = 20
+    dispute_committee_size: int = 3
+    dispute_jackpot_bps: int = 3_000
+    dispute_committee_reward_bps: int = 1_000
+    reputation_referee_bps: int = 1_000
+    verify_report_bond: int = 100
+    verify_reward: int = 10
+    max_reports_per_job: int = 16
+    spot_check_min_bps: int = 500
+    spot_check_max_bps: int = 5_000
+    repvote_min_deposit: int = 1_000
+    repvote_commit_blocks: int = 20
+    repvote_reveal_blocks: int = 20
+    repvote_quorum_bps: int = 3_340
+    repvote_kappa_bps: int = 5_000
+    repvote_alpha_bps: int = 2_000
+    repvote_tolerance: int = 2_000
+    repvote_penalty_bps: int = 500
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -128,6 +193,20 @@ class Params:
             raise InvalidParams(
                 f"min_challenge_window_blocks ({self.min_challenge_window_blocks}) must not exceed "
                 f"max_job_window_blocks ({self.max_job_window_blocks})"
+            )
+
+        self._check_game_params()
+
+    def _check_game_params(self) -> None:
+        if self.dispute_jackpot_bps + self.dispute_committee_reward_bps > BPS:
+            raise InvalidParams(
+                f"dispute_jackpot_bps + dispute_committee_reward_bps "
+                f"({self.dispute_jackpot_bps + self.dispute_committee_reward_bps}) must not exceed {BPS}"
+            )
+        if self.spot_check_min_bps > self.spot_check_max_bps:
+            raise InvalidParams(
+                f"spot_check_min_bps ({self.spot_check_min_bps}) must not exceed "
+                f"spot_check_max_bps ({self.spot_check_max_bps})"
             )
 
     def to_dict(self) -> dict[str, int]:

@@ -19,10 +19,16 @@ Tables (all keyed by plain strings/ints or tuples of them, always iterated in so
   bids          (job id, solver) -> Bid, only while the job is open
   job_timers    (height, job id) -> job status: end_block of that height acts on the job
   reputation    (address, role) -> score in [0, 10_000]; absent = params.reputation_default
+  disputes, audits, reports, repvotes, repvote_commits, repvote_reveals, game_timers:
+                the trust games (records in ledger.records_disputes)
+
+Scalar `entropy`: 32 bytes of block randomness, re-derived in every begin_block from the last
+value and the block's data (ledger.randomness); the only source of chance in the state machine.
 
 Supply: balances, bonded and unbonding stake, the fee pool, proposal deposits, job escrow (the
 bounty of a job not yet settled), solver bonds (of bids and of assigned jobs), the verifier
-pool and the treasury. `check_invariants` asserts minted == supply + burned.
+pool and the treasury, challenger bonds, verifier report bonds and reputation-vote deposits.
+`check_invariants` asserts minted == supply + burned.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ import msgpack
 from gossip.envelope import packb
 from ledger.errors import UnknownAccount
 from ledger.params import Params
+from ledger.records_disputes import DECODERS as GAME_DECODERS
+from ledger.records_disputes import GAME_TABLES, Audit, Dispute, Report, RepVote, game_held, game_problems
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 MAX_SUPPLY = 2**63 - 1
 
 
@@ -180,6 +188,14 @@ class State:
     bids: dict[tuple[str, str], Bid] = field(default_factory=dict)
     job_timers: dict[tuple[int, str], str] = field(default_factory=dict)
     reputation: dict[tuple[str, str], int] = field(default_factory=dict)
+    entropy: bytes = b""  # block randomness (ledger.randomness.next_entropy), set in begin_block
+    disputes: dict[str, Dispute] = field(default_factory=dict)
+    audits: dict[str, Audit] = field(default_factory=dict)
+    reports: dict[tuple[str, str], Report] = field(default_factory=dict)
+    repvotes: dict[str, RepVote] = field(default_factory=dict)
+    repvote_commits: dict[tuple[str, str], str] = field(default_factory=dict)
+    repvote_reveals: dict[tuple[str, str], int] = field(default_factory=dict)
+    game_timers: dict[tuple[int, str, str], str] = field(default_factory=dict)
 
     def copy(self) -> State:
         """An independent copy (records are immutable, so copying the tables is enough)."""
@@ -204,6 +220,7 @@ TABLES = (
     "bids",
     "job_timers",
     "reputation",
+    *GAME_TABLES,
 )
 SCALARS = (
     "height",
@@ -217,6 +234,7 @@ SCALARS = (
     "validator_set",
     "treasury",
     "verifier_pool",
+    "entropy",
 )
 _MISSING = object()
 
@@ -294,6 +312,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "bids": lambda r: Bid(*r),
     "job_timers": str,
     "reputation": int,
+    **GAME_DECODERS,
 }
 
 
@@ -311,6 +330,7 @@ def encode_state(state: State) -> bytes:
         _enc(state.validator_set),
         state.treasury,
         state.verifier_pool,
+        state.entropy,
     ]
     tables = [[[_enc(k), _enc(v)] for k, v in sorted(getattr(state, t).items())] for t in TABLES]
     return packb([STATE_VERSION, state.chain_id, scalars, tables])
@@ -333,7 +353,7 @@ def decode_state(data: bytes) -> State:
             state.next_proposal_id,
         ) = scalars[:7]
         state.validator_set = _vset(scalars[8])
-        state.treasury, state.verifier_pool = scalars[9:11]
+        state.treasury, state.verifier_pool, state.entropy = scalars[9:12]
         for name, rows in zip(TABLES, tables, strict=True):
             decode = _DECODERS[name]
             setattr(state, name, {(tuple(k) if isinstance(k, list) else k): decode(v) for k, v in rows})
@@ -426,12 +446,14 @@ def total_supply(state: State) -> int:
 
 
 def market_held(state: State) -> int:
-    """Tokens held by the market: escrowed bounties, bonds of jobs and bids, the two pools."""
+    """Tokens held by the market: escrowed bounties, bonds of jobs and bids, the two pools, and what
+    the trust games hold (challenger and report bonds, vote deposits)."""
     return (
         sum(job.held() for job in state.jobs.values())
         + sum(b.bond for b in state.bids.values())
         + state.verifier_pool
         + state.treasury
+        + game_held(state)
     )
 
 
@@ -488,6 +510,7 @@ def check_invariants(state: State) -> None:
                 f"validator {addr}: self_stake {v.self_stake}, delegated {v.delegated} != {sums.get(addr, 0)}"
             )
     problems += _market_problems(state)
+    problems += game_problems(state)
     if min(state.burned, state.fee_pool) < 0 or state.minted > MAX_SUPPLY:
         problems.append(
             f"bad totals: burned {state.burned}, fee pool {state.fee_pool}, minted {state.minted}"

@@ -21,6 +21,7 @@ from gossip.envelope import packb, unpackb
 from gossip.errors import GossipError
 from gossip.identity import Identity, peer_id_from_public, public_from_peer_id, verify
 from ledger.errors import BadSignature, InvalidTx
+from ledger.merkle import MAX_LEAVES, MAX_PROOF_LEN
 from ledger.params import BPS, PARAM_NAMES
 
 VERSION = 1
@@ -132,6 +133,63 @@ def check_requirements(value: Any) -> None:
         raise InvalidTx(f"requirement min_reputation must be at most {BPS}")
 
 
+# ---- trust-game fields (ledger.disputes, ledger.canary, ledger.audits, ledger.repvote) ----
+MAX_EVIDENCE_BYTES = 1024
+MIN_SALT_BYTES, MAX_SALT_BYTES = 16, 64
+
+
+def check_bool(value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InvalidTx(f"expected true or false, got {value!r}")
+
+
+def check_dispute_claim(value: Any) -> None:
+    """{"index": leaf index the challenger says is wrong, "hash": the challenger's value there}."""
+    if not isinstance(value, dict) or set(value) != {"index", "hash"}:
+        raise InvalidTx("claim must be a map with exactly 'index' and 'hash'")
+    check_uint(value["index"], "claim index")
+    if value["index"] >= MAX_LEAVES:
+        raise InvalidTx(f"claim index must be below {MAX_LEAVES}")
+    check_hash_hex(value["hash"])
+
+
+def check_proof(value: Any) -> None:
+    if not isinstance(value, list) or len(value) > MAX_PROOF_LEN:
+        raise InvalidTx(f"proof must be a list of at most {MAX_PROOF_LEN} sibling hashes")
+    if not all(isinstance(h, bytes) and len(h) == 32 for h in value):
+        raise InvalidTx("every proof entry must be 32 bytes")
+
+
+def check_referee_verdict(value: Any) -> None:
+    if not isinstance(value, str) or value not in ("solver", "challenger"):
+        raise InvalidTx(f"honest must be 'solver' or 'challenger', got {value!r}")
+
+
+def check_report_verdict(value: Any) -> None:
+    if not isinstance(value, str) or value not in ("ok", "bad"):
+        raise InvalidTx(f"verdict must be 'ok' or 'bad', got {value!r}")
+
+
+def check_seed(value: Any) -> None:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise InvalidTx("sample_seed_used must be 32 bytes")
+
+
+def check_salt(value: Any) -> None:
+    if not isinstance(value, bytes) or not MIN_SALT_BYTES <= len(value) <= MAX_SALT_BYTES:
+        raise InvalidTx(f"salt must be {MIN_SALT_BYTES}..{MAX_SALT_BYTES} bytes")
+
+
+def check_evidence(value: Any) -> None:
+    if not isinstance(value, bytes) or len(value) > MAX_EVIDENCE_BYTES:
+        raise InvalidTx(f"evidence must be at most {MAX_EVIDENCE_BYTES} bytes")
+
+
+def check_score(value: Any) -> None:
+    if not _is_int(value) or not 0 <= value <= BPS:
+        raise InvalidTx(f"score must be an integer in [0, {BPS}], got {value!r}")
+
+
 # Body schema per tx type: field name -> check. A body must have exactly these fields.
 BODY_SCHEMAS: dict[str, dict[str, FieldCheck]] = {
     "transfer": {"to": check_address, "amount": check_amount},
@@ -168,6 +226,32 @@ BODY_SCHEMAS: dict[str, dict[str, FieldCheck]] = {
         "result_size": check_uint,
     },
     "job_cancel": {"job_id": check_hash_hex},
+    "dispute_open": {"job_id": check_hash_hex, "bond": check_amount, "claim": check_dispute_claim},
+    "dispute_bisect": {
+        "dispute_id": check_hash_hex,
+        "mid": check_uint,
+        "step": check_uint,
+        "hash": check_hash_hex,
+        "n_leaves": check_uint,
+        "proof": check_proof,
+    },
+    "dispute_respond": {"dispute_id": check_hash_hex, "agree": check_bool},
+    "dispute_verdict": {"dispute_id": check_hash_hex, "honest": check_referee_verdict},
+    "canary_seal": {"job_id": check_hash_hex, "commitment": check_hash_hex},
+    "canary_reveal": {"job_id": check_hash_hex, "expected_output_hash": check_hash_hex, "salt": check_salt},
+    "verify_report": {
+        "job_id": check_hash_hex,
+        "verdict": check_report_verdict,
+        "sample_seed_used": check_seed,
+    },
+    "vote_open": {
+        "subject": check_address,
+        "role": check_role,
+        "evidence": check_evidence,
+        "deposit": check_uint,
+    },
+    "vote_commit": {"vote_id": check_hash_hex, "commitment": check_hash_hex},
+    "vote_reveal": {"vote_id": check_hash_hex, "score": check_score, "salt": check_salt},
 }
 
 

@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
+from gossip.errors import InvalidMessage
 from gossip.identity import Identity
 from gossip.memory_transport import MemoryTransport
 from gossip.reqresp import RequestResponse
 from gossip.topics import TOPIC_CONSENSUS, TOPIC_TX
 from ledger.block import ZERO_HASH, build_block
-from ledger.blocksync import BLOCKS_PROTOCOL, encode_commit
+from ledger.blocksync import BLOCKS_PROTOCOL, BlockServer, SyncRejected, encode_commit, verify_synced
 from ledger.consensus import Commit, Proposal, Vote, VoteType, decode_message
-from ledger.genesis import genesis_state
+from ledger.driver import ProposerSchedule
+from ledger.genesis import Genesis, GenesisValidator, genesis_state
+from ledger.params import Params
+from ledger.state import app_hash
+from ledger.store import LedgerStore
 from ledger.tx import SignedTx, sign_tx
-from tests.ledger_cluster import BALANCE, CHAIN, STAKE, LedgerCluster, Spy, ledger_cluster
+from tests.ledger_cluster import (
+    BALANCE,
+    CHAIN,
+    STAKE,
+    TEST_TIMEOUTS,
+    LedgerCluster,
+    Spy,
+    key,
+    ledger_cluster,
+)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -275,15 +291,111 @@ async def test_hostile_gossip_is_rejected_and_penalised(tmp_path: Path) -> None:
         ]
         for topic, kind, body in lies:
             await hostile.publish(topic, kind, body)
-        await wait_until(lambda: target.gossip.scores.score(hostile.peer_id) <= -10 * len(lies), timeout=5)
-        # A tx that is merely stale costs nothing: once committed, its replay is ignored.
+        await wait_until(lambda: target.gossip.stats()["rejected"] >= len(lies), timeout=5)
+        assert target.gossip.scores.score(hostile.peer_id) < -10 * (len(lies) - 1)
+        assert "validator rejected" in target.gossip.scores.last_reason(hostile.peer_id)
+        # A tx that is merely stale costs its relayer nothing: once committed, a replay is ignored.
         tx_hash = await target.node.submit(good.encoded)
         await target.node.wait_committed(tx_hash, timeout=15)
-        before = target.gossip.scores.score(hostile.peer_id)
-        rejected = target.gossip.stats()["rejected"]
-        await hostile.publish(TOPIC_TX, "tx", good.encoded)
-        await wait_until(lambda: target.gossip.stats()["ignored"] > 0, timeout=5)
-        assert target.gossip.stats()["rejected"] == rejected
-        assert target.gossip.scores.score(hostile.peer_id) >= before
+        relayer = await cluster.gossip_peer()
+        ignored = {"topic": TOPIC_TX, "verdict": "ignore"}
+        before = target.metric("hivemesh_gossip_received_total", **ignored)
+        await relayer.publish(TOPIC_TX, "tx", good.encoded)
+        await wait_until(
+            lambda: target.metric("hivemesh_gossip_received_total", **ignored) > before, timeout=5
+        )
+        assert target.gossip.scores.score(relayer.peer_id) == 0
         start = target.node.height
         await wait_until(lambda: cluster.converged(at_least=start + 2), timeout=15)
+
+
+async def test_idle_chain_waits_the_interval_but_proposes_txs_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    interval = 30.0
+    async with ledger_cluster(tmp_path, observers=0) as cluster:
+        peers = await cluster.start_all(empty_block_interval=interval)
+        await wait_until(lambda: min(cluster.heights()) >= 1, timeout=60)
+        start, first = trio.current_time(), max(cluster.heights())
+        await wait_until(lambda: min(cluster.heights()) >= first + 3, timeout=600)
+        assert trio.current_time() - start >= 2 * interval  # three empty blocks: no spinning
+        before, sent = max(cluster.heights()), trio.current_time()
+        tx_hash = await peers[1].node.submit(cluster.transfer(1, cluster.users[2].peer_id, 3))
+        height, _, receipt = await peers[1].node.wait_committed(tx_hash, timeout=600)
+        assert receipt.ok and height == before + 1
+        assert trio.current_time() - sent < interval / 2  # the waiting tx did not wait for the interval
+
+
+async def test_proposer_turns_of_a_stopped_validator_time_out_on_trio_clock(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with ledger_cluster(tmp_path, observers=0) as cluster:
+        await cluster.start_all()
+        await cluster.stop(3)
+        started = trio.current_time()
+        await wait_until(lambda: min(cluster.heights()) >= 12, timeout=600)
+        alive = cluster.running()
+        rounds = alive[0].metric("hivemesh_consensus_rounds_total")
+        assert rounds > alive[0].node.height  # its turns as proposer needed a second round
+        assert trio.current_time() - started >= TEST_TIMEOUTS.propose_ms / 1000  # virtual time passed
+        assert alive[0].metric("hivemesh_ledger_block_interval_seconds_count") > 0
+        assert cluster.same_chain(alive, 12)
+
+
+def test_proposer_schedule_depends_only_on_rows_and_height() -> None:
+    ids = [key(f"schedule-{i}") for i in range(3)]
+    genesis = Genesis(
+        chain_id=CHAIN,
+        validators=tuple(GenesisValidator(v.peer_id, v.public, 100 * (i + 1), 0) for i, v in enumerate(ids)),
+        params=Params(power_reduction=100),  # powers 1, 2, 3: the rotation repeats every 6 heights
+    )
+    state = genesis_state(genesis)
+    walking = ProposerSchedule()
+    proposers = []
+    for height in range(1, 40):
+        vset = walking.at(state, height)
+        assert vset == ProposerSchedule().at(state, height)  # what a restarted node derives
+        proposers.append(vset.proposer(0))
+    for start in range(len(proposers) - 6):
+        counts = Counter(proposers[start : start + 6])
+        assert {counts[v.peer_id] for v in ids} == {1, 2, 3} and counts[ids[2].peer_id] == 3
+
+
+def test_verify_synced_names_what_is_wrong() -> None:
+    validator = key("sync-validator")
+    genesis = Genesis(
+        chain_id=CHAIN,
+        balances={validator.peer_id: 10},
+        validators=(GenesisValidator(validator.peer_id, validator.public, 1_000, 0),),
+        genesis_time_ms=1_000,
+    )
+    state = genesis_state(genesis)
+    block = build_block(state, ZERO_HASH, validator.peer_id, 2_000, [])
+    vote = Vote.create(validator.sign, CHAIN, VoteType.PRECOMMIT, 1, 0, block.hash, validator.peer_id)
+    commit = encode_commit(Commit.from_votes([vote]))
+    good_app = app_hash(state)
+    assert verify_synced(state, ZERO_HASH, good_app, 1, block.encoded, commit)[0] == block
+    other = build_block(state, ZERO_HASH, validator.peer_id, 3_000, [])
+    cases = {
+        "does not decode": (1, b"\x80", commit, good_app),
+        "asked for block 2": (2, block.encoded, commit, good_app),
+        "malformed commit": (1, block.encoded, b"\xc1", good_app),
+        "commit is for value": (1, other.encoded, commit, good_app),
+        "does not extend": (1, block.encoded, commit, bytes(32)),
+    }
+    for reason, (height, data, cert, app) in cases.items():
+        with pytest.raises(SyncRejected, match=reason):
+            verify_synced(state, ZERO_HASH, app, height, data, cert)
+
+
+async def test_block_server_refuses_and_penalises_malformed_requests(tmp_path: Path) -> None:
+    penalties: list[tuple[str, str]] = []
+    store = LedgerStore(tmp_path / "ledger.sqlite")
+    server = BlockServer(store, lambda: (0, ZERO_HASH), lambda peer, why: penalties.append((peer, why)))
+    assert await server.handle("p", {"op": "status"}) == {"height": 0, "hash": ZERO_HASH}
+    assert await server.handle("p", {"op": "range", "from": 1, "max": 10}) == {"blocks": []}
+    for bad in ({"op": "range", "from": 0, "max": 1}, {"op": "dump"}, ["status"], {"op": "range", "from": 1}):
+        with pytest.raises(InvalidMessage):
+            await server.handle("p", bad)
+    assert len(penalties) == 4 and all(peer == "p" for peer, _ in penalties)
+    store.close()

@@ -1,0 +1,22 @@
+"""The compute market agents of a peer: announce jobs, bid, solve, deliver and check results.
+
+A job's life as the market runs it (see DESIGN.md, "a job's life"):
+submitter posts job_post and gossips the announcement -> solvers bid (job_bid) -> the ledger
+assigns -> the submitter seals the input to the winner's X25519 key -> the winner runs it,
+commits (job_commit) and serves the result blob -> the submitter checks the result -> the
+ledger finalizes after the challenge window.
+
+- errors.py: MarketError and its typed subclasses (each with an HTTP status and a code).
+- sealed.py: the input envelope (X25519 ECDH + HKDF + ChaCha20Poly1305) and key derivation.
+- wire.py: the gossip messages on the tasks topic, their schemas and the topic validator.
+- book.py: what this peer heard on the tasks topic (jobs, inputs, results, progress, models).
+- chain.py: the market's view of the ledger (signed txs, job queries, a height watch).
+- bundles.py: blob formats of models and results, and the result check.
+- specs.py: job specs built from API requests (validated against the model).
+- solver.py: the solver agent (bid, run, commit, serve, announce).
+- submitter.py: the submitter agent (post, announce, seal the input, fetch and check results).
+- service.py: MarketService, which owns the blob store, the executor and both agents.
+- host.py: the daemon's handle on the market: loads it off the event loop, feeds it gossip.
+- api.py: the market endpoints of the local HTTP API.
+- demo.py: `hivemesh demo`, the market end to end on a local cluster.
+"""

@@ -1,0 +1,207 @@
+"""MarketService: the compute market of one peer (blob store, executor, solver and submitter agents).
+
+Tasks (all in `serve`'s nursery):
+- the owner task (`_owner`): the only writer of the announcement book and of the local model
+  index. It takes, one at a time, the market messages the daemon hands over from the tasks
+  topic (`deliver`) and model records from `register_model` (models.py);
+- the height watch (chain.py), which the agents wait on for new committed states;
+- the solver actor and the submitter actor (and their per-job tasks);
+- a loop re-announcing the models this peer serves, so late joiners learn where they are.
+
+Blobs live in `<home>/data/blobs` (gossip.blobs.BlobStore) and are served to any peer over
+the blob protocol; only sealed inputs, never plaintext ones, are put there. Blocking work
+(hashing, torch decoding, disk) runs in worker threads behind a limiter; jobs run on the
+compute Executor (one at a time).
+
+Error handling: requests raise MarketError subclasses (one line each); a malformed market
+message never gets here (the topic validator rejects it); a failure inside an agent's job is
+recorded on that job and logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+import trio
+
+from compute.errors import ComputeError
+from compute.jobs import JobSpec, decode_job
+from compute.models import Model
+from compute.runner import Executor
+from gossip.blobs import BlobError, BlobExchange, BlobStore
+from gossip.envelope import Envelope
+from gossip.errors import GossipError
+from gossip.identity import Identity
+from gossip.node import GossipNode
+from gossip.topics import TOPIC_TASKS
+from gossip.transport import Transport
+from peer.ledger_service import LedgerService
+from peer.market import wire
+from peer.market.book import Book
+from peer.market.bundles import open_model_bundle
+from peer.market.chain import HeightWatch, MarketLedger
+from peer.market.errors import MarketError, Unavailable
+from peer.market.models import ModelIndex
+from peer.market.sealed import public_bytes, x25519_key
+from peer.market.solver import Solver, SolverPolicy
+from peer.market.submitter import Submitter
+
+log = structlog.get_logger(__name__)
+
+R = TypeVar("R")
+EVENTS_SIZE = 4096
+MODEL_REANNOUNCE_S = 30.0
+WORKER_THREADS = 4
+
+
+@dataclass(frozen=True)
+class _RecordModel:
+    model_hash: str
+    entry: dict[str, Any]
+    reply: trio.MemorySendChannel[None]
+
+
+class MarketService:
+    """The market agents of one peer over its gossip node, transport and ledger."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        transport: Transport,
+        gossip: GossipNode,
+        ledger: LedgerService,
+        data_dir: Path,
+        policy: SolverPolicy,
+    ) -> None:
+        self.identity, self.transport, self.gossip = identity, transport, gossip
+        self.ledger = MarketLedger(ledger)
+        self.watch = HeightWatch(self.ledger)
+        self.book = Book()
+        self.store = BlobStore(data_dir / "blobs")
+        self.exchange = BlobExchange(transport, self.store, on_misbehaviour=gossip.penalize)
+        self.executor = Executor(max_concurrent=1)
+        self.models = ModelIndex(data_dir / "market" / "models.json")
+        self.x25519 = x25519_key(identity)
+        self.encryption_key = public_bytes(self.x25519)
+        self.solver = Solver(self, policy)
+        self.submitter = Submitter(self)
+        self._threads = trio.CapacityLimiter(WORKER_THREADS)
+        self._events_send, self._events = trio.open_memory_channel[object](EVENTS_SIZE)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every market task until cancelled; `started()` once messages are being taken."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.watch.run)
+                nursery.start_soon(self.solver.run)
+                nursery.start_soon(self.submitter.run)
+                nursery.start_soon(self._reannounce_models)
+                task_status.started()
+                await self._owner()
+        finally:
+            self.store.close()
+
+    async def deliver(self, envelope: Envelope) -> None:
+        """A market message from the tasks topic (already validated by wire.validate_envelope)."""
+        await self._events_send.send(envelope)
+
+    async def _owner(self) -> None:
+        async for event in self._events:
+            match event:
+                case Envelope():
+                    self._on_envelope(event)
+                case _RecordModel(model_hash=model_hash, entry=entry, reply=reply):
+                    self.models.put(model_hash, entry)
+                    reply.send_nowait(None)
+
+    def _on_envelope(self, envelope: Envelope) -> None:
+        try:
+            note = wire.parse(envelope.kind, envelope.body)
+        except wire.WireError:
+            return  # validated on the way in; only our own odd publishes could get here
+        if self.book.add(note, envelope.author_id) and isinstance(note, wire.JobNote):
+            self.solver.notify(note)
+
+    async def record_model(self, model_hash: str, entry: dict[str, Any]) -> None:
+        """Add a model to the local index (through the owner task) and announce it."""
+        reply_send, reply = trio.open_memory_channel[None](1)
+        await self._events_send.send(_RecordModel(model_hash, entry, reply_send))
+        await reply.receive()
+        await self.publish(wire.ModelNote(model_hash, entry["blob"], entry["arch"], entry["size"]))
+
+    async def _reannounce_models(self) -> None:
+        while True:
+            await trio.sleep(MODEL_REANNOUNCE_S)  # pacing, not synchronisation
+            for model_hash, entry in self.models.items():
+                await self.publish(wire.ModelNote(model_hash, entry["blob"], entry["arch"], entry["size"]))
+
+    # ---- helpers for the agents --------------------------------------------------------------
+
+    async def in_thread(self, fn: Callable[..., R], *args: Any) -> R:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._threads)
+
+    async def publish(self, note: wire.Note) -> None:
+        kind, body = wire.encode(note)
+        try:
+            await self.gossip.publish(TOPIC_TASKS, kind, body)
+        except GossipError as e:  # best effort: every announcement is repeated while it matters
+            log.info("market publish failed", kind=kind, error=str(e))
+
+    async def put_blob(self, data: bytes) -> str:
+        return await self.in_thread(self.store.put_bytes, data)
+
+    async def read_blob(self, blob_id: str) -> bytes:
+        return await self.in_thread(self.store.read, blob_id)
+
+    async def fetch_blob(self, blob_id: str, preferred: list[str]) -> bytes:
+        """The blob's bytes: ours, or fetched from `preferred` peers first, then every connected one.
+
+        Raises BlobError (FetchFailed) when no peer serves it.
+        """
+        me = self.identity.peer_id
+        others = sorted(set(self.transport.connected_peers()) - {me})
+        peers = list(dict.fromkeys([p for p in preferred if p != me] + others))
+        path = await self.exchange.fetch(blob_id, peers)
+        return await self.in_thread(path.read_bytes)
+
+    async def load_spec(self, spec_blob: str, job: dict[str, Any]) -> JobSpec:
+        """The job's spec from its blob, checked against the ledger's record. Raises MarketError."""
+        try:
+            data = await self.fetch_blob(spec_blob, [job["submitter"]])
+        except BlobError as e:
+            raise Unavailable(f"cannot get the spec of job {job['job_id']}: {e}") from None
+        try:
+            spec = await self.in_thread(decode_job, data)
+        except ComputeError as e:
+            raise MarketError(f"the spec blob of job {job['job_id']} is malformed: {e}") from None
+        if (spec.hash, spec.kind, spec.model_hash) != (job["spec_hash"], job["kind"], job["model_hash"]):
+            raise MarketError(f"the spec blob of job {job['job_id']} is not the spec the ledger names")
+        return spec
+
+    async def load_model(self, model_hash: str, blob_id: str, preferred: list[str]) -> Model:
+        """The model from its bundle blob (fetched if needed), checked against its hash."""
+        sources = [peer for peer, _ in self.book.model_sources(model_hash)]
+        try:
+            data = await self.fetch_blob(blob_id, [*preferred, *sources])
+        except BlobError as e:
+            raise Unavailable(f"cannot get model {model_hash}: {e}") from None
+        return await self.in_thread(open_model_bundle, data, model_hash)
+
+    def status(self) -> dict[str, Any]:
+        stats = self.exchange.stats
+        return {
+            "ready": True,
+            "address": self.ledger.address,
+            "encryption_key": self.encryption_key.hex(),
+            "height": self.ledger.height,
+            "solver": self.solver.status(),
+            "submitted": len(self.submitter.jobs),
+            "models_served": len(self.models),
+            "executor_running": self.executor.running,
+            "blobs": {"bytes_served": stats.bytes_served, "bytes_fetched": stats.bytes_fetched},
+        }

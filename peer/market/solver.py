@@ -1,0 +1,356 @@
+"""The solver agent: bid on announced jobs, run the ones the ledger assigns us, commit and serve results.
+
+One actor task (`run`) owns the solver's bookkeeping (bids in flight, jobs being worked on)
+and handles, one at a time: job announcements from the market service, the outcome of its
+bid tasks, every newly committed ledger state, and the end of its work tasks. Each work task
+owns the `WorkRecord` of its job (the API reads it).
+
+Bidding (`SolverPolicy`): a solver bids only when the agent is enabled, the account holds
+the "solver" role (the operator opts in with `hivemesh tx register solver`), fewer than
+`max_jobs` assigned jobs are running, and the policy's price fits: price =
+ceil(bounty * price_bps / 10_000), at least min_price, at most the bounty and the job's
+max_price. The bond is the chain's minimum for that price; the bid carries our X25519
+public key. Before bidding we fetch the spec blob and check it is the spec the ledger names.
+
+Work (a job assigned to us, seen in a committed state): fetch the model (checked against its
+hash) and, when the job has a private input, wait for the submitter's sealed input and open
+it; run it on the Executor (off the event loop) while publishing progress; store the result
+bundle as a blob; commit {output_hash, trace_root, result_size}; then announce the result
+blob until the job is settled. If the job leaves "assigned" before we commit (deadline
+missed), the work is cancelled.
+
+Error handling: a failure in one job (a blob no one serves, a bad input, a refused tx) marks
+that job's record "failed" and is logged; it never stops the agent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from compute.errors import ComputeError
+from compute.jobs import InferenceSpec, JobSpec
+from compute.models import Model
+from gossip.blobs import BlobError
+from ledger.jobs import jobs_by_status
+from ledger.params import BPS
+from ledger.payout import min_bond
+from ledger.state import State
+from peer.market import wire
+from peer.market.bundles import Result, inference_bundle, training_bundle
+from peer.market.errors import MarketError
+from peer.market.sealed import open_sealed
+
+if TYPE_CHECKING:
+    from peer.market.service import MarketService
+
+log = structlog.get_logger(__name__)
+
+INBOX_SIZE = 1024
+PROGRESS_INTERVAL_S = 0.5
+BID_WAIT_BLOCKS = 3  # how long a lagging ledger may take to show an announced job
+
+
+@dataclass(frozen=True)
+class SolverPolicy:
+    """How this peer bids (see the module docstring)."""
+
+    enabled: bool = True
+    price_bps: int = 8_000
+    min_price: int = 1
+    max_jobs: int = 2
+
+    def price(self, bounty: int, max_price: int | None) -> int | None:
+        """Our price for a job, or None when the job pays less than our floor."""
+        cap = bounty if max_price is None else min(bounty, max_price)
+        price = min(cap, max(self.min_price, -(-bounty * self.price_bps // BPS)))
+        return price if price >= max(1, self.min_price) else None
+
+
+@dataclass
+class WorkRecord:
+    """One job this solver bid on or works on; after the bid, only its work task writes it."""
+
+    job_id: str
+    phase: str = "bidding"
+    price: int = 0
+    bond: int = 0
+    done: int = 0
+    total: int = 0
+    error: str = ""
+    result_blob: str = ""
+    times: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, phase: str) -> None:
+        self.phase = phase
+        self.times[phase] = time.time()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "phase": self.phase,
+            "price": self.price,
+            "bond": self.bond,
+            "progress": {"done": self.done, "total": self.total},
+            "error": self.error,
+            "result_blob": self.result_blob,
+            "times": dict(self.times),
+        }
+
+
+@dataclass(frozen=True)
+class _BidOutcome:
+    job_id: str
+    price: int = 0
+    bond: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class _Height:
+    state: State
+
+
+@dataclass(frozen=True)
+class _Finished:
+    job_id: str
+
+
+class Solver:
+    """The solver actor of one peer."""
+
+    def __init__(self, market: MarketService, policy: SolverPolicy) -> None:
+        self.market = market
+        self.policy = policy
+        self.records: dict[str, WorkRecord] = {}  # job id -> record (bids and work), owned by `run`
+        self._working: set[str] = set()
+        self._warned_unregistered = False
+        self._send, self._inbox = trio.open_memory_channel[object](INBOX_SIZE)
+
+    def notify(self, note: wire.JobNote) -> None:
+        """A job announcement (from the market's inbox task); dropped if the solver is swamped."""
+        try:
+            self._send.send_nowait(note)
+        except trio.WouldBlock:
+            log.warning("solver inbox full, dropping a job announcement", job=note.job_id[:16])
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "enabled": self.policy.enabled,
+            "registered": self.market.ledger.has_role("solver"),
+            "price_bps": self.policy.price_bps,
+            "min_price": self.policy.min_price,
+            "max_jobs": self.policy.max_jobs,
+            "working": sorted(self._working),
+        }
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_chain)
+            async for event in self._inbox:
+                match event:
+                    case wire.JobNote():
+                        self._consider(event, nursery)
+                    case _BidOutcome():
+                        self._bid_done(event)
+                    case _Height(state=state):
+                        self._on_state(state, nursery)
+                    case _Finished(job_id=job_id):
+                        self._working.discard(job_id)
+
+    async def _follow_chain(self) -> None:
+        height = 0
+        while True:
+            state = await self.market.watch.wait_above(height)
+            height = state.height
+            await self._send.send(_Height(state))
+
+    # ---- bidding ------------------------------------------------------------------------------
+
+    def _consider(self, note: wire.JobNote, nursery: trio.Nursery) -> None:
+        me = self.market.ledger.address
+        if not self.policy.enabled or note.job_id in self.records or note.submitter == me:
+            return
+        if not self.market.ledger.has_role("solver"):
+            if not self._warned_unregistered:
+                log.info("not bidding: this account is not registered as a solver (hivemesh tx register solver)")
+                self._warned_unregistered = True
+            return
+        if len(self._working) >= self.policy.max_jobs:
+            log.info("not bidding: at capacity", job=note.job_id[:16], working=len(self._working))
+            return
+        price = self.policy.price(note.bounty, note.requirements.get("max_price"))
+        if price is None:
+            log.info("not bidding: the bounty is below our minimum price", job=note.job_id[:16])
+            return
+        self.records[note.job_id] = WorkRecord(note.job_id, times={"bidding": time.time()})
+        nursery.start_soon(self._bid, note, price)
+
+    async def _bid(self, note: wire.JobNote, price: int) -> None:
+        try:
+            outcome = await self._place_bid(note, price)
+        except (MarketError, BlobError, ComputeError) as e:
+            outcome = _BidOutcome(note.job_id, error=str(e))
+        await self._send.send(outcome)
+        if not outcome.error:  # fetch the model while the bid window runs: we may well need it
+            try:
+                await self.market.fetch_blob(note.model_blob, [note.submitter])
+            except BlobError as e:
+                log.info("model prefetch failed", job=note.job_id[:16], error=str(e))
+
+    async def _place_bid(self, note: wire.JobNote, price: int) -> _BidOutcome:
+        market = self.market
+        job, seen_at = market.ledger.job(note.job_id), market.ledger.height
+        while job is None and market.ledger.height < seen_at + BID_WAIT_BLOCKS:  # our ledger may lag
+            await market.watch.wait_above(market.ledger.height)
+            job = market.ledger.job(note.job_id)
+        if job is None or job["status"] != "open":
+            raise MarketError(f"job {note.job_id} is not open for bids")
+        facts = ("spec_hash", "model_hash", "kind", "bounty", "submitter")
+        if any(getattr(note, k) != job[k] for k in facts):
+            raise MarketError(f"the announcement of job {note.job_id} does not match the ledger")
+        await market.load_spec(note.spec_blob, job)  # the spec the ledger names, or we do not bid
+        params = market.ledger.state.params
+        bond = min_bond(price, params.min_solver_bond_bps)
+        if market.ledger.balance() < bond + params.min_fee:
+            raise MarketError(f"balance too low for a bond of {bond}")
+        body = {"job_id": note.job_id, "price": price, "bond": bond, "encryption_key": market.encryption_key}
+        await market.ledger.send("job_bid", body)
+        log.info("bid placed", job=note.job_id[:16], price=price, bond=bond)
+        return _BidOutcome(note.job_id, price, bond)
+
+    def _bid_done(self, outcome: _BidOutcome) -> None:
+        record = self.records.get(outcome.job_id)
+        if record is None or record.phase != "bidding":
+            return
+        if outcome.error:
+            log.info("no bid", job=outcome.job_id[:16], reason=outcome.error)
+            record.error = outcome.error
+            record.mark("no bid")
+        else:
+            record.price, record.bond = outcome.price, outcome.bond
+            record.mark("bid")
+
+    # ---- winning and working ----------------------------------------------------------------------
+
+    def _on_state(self, state: State, nursery: trio.Nursery) -> None:
+        me = self.market.ledger.address
+        for job_id, record in self.records.items():
+            job = state.jobs.get(job_id)
+            if record.phase == "bid" and job is not None and job.status != "open" and job.solver != me:
+                record.mark("lost")
+        for job_id in jobs_by_status(state, "assigned", solver=me):
+            if job_id in self._working:
+                continue
+            job = state.jobs[job_id]
+            note = self.market.book.jobs.get((job_id, job.submitter))
+            if note is None:
+                continue  # the submitter re-announces its jobs until they settle
+            record = self.records.get(job_id) or WorkRecord(job_id)
+            record.price, record.bond = job.price, job.bond
+            record.mark("won")
+            self.records[job_id] = record
+            self._working.add(job_id)
+            nursery.start_soon(self._work, note, record)
+
+    async def _work(self, note: wire.JobNote, record: WorkRecord) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as guard:
+                    guard.start_soon(self._cancel_if_missed, note.job_id, scope)
+                    data, result = await self._solve(note, record)
+                    guard.cancel_scope.cancel()
+            if scope.cancelled_caught:
+                record.error = "the job left 'assigned' before we committed (deadline missed)"
+                record.mark("failed")
+                return
+            await self._serve(note, record, data, result)
+        except (MarketError, BlobError, ComputeError) as e:
+            record.error = str(e)
+            record.mark("failed")
+            log.warning("job failed", job=note.job_id[:16], error=str(e))
+        finally:
+            await self._send.send(_Finished(note.job_id))
+
+    async def _cancel_if_missed(self, job_id: str, scope: trio.CancelScope) -> None:
+        height = 0
+        while True:
+            state = await self.market.watch.wait_above(height)
+            height = state.height
+            job = state.jobs.get(job_id)
+            if job is None or job.status != "assigned":
+                scope.cancel()
+                return
+
+    async def _solve(self, note: wire.JobNote, record: WorkRecord) -> tuple[bytes, Result]:
+        market = self.market
+        job = market.ledger.job(note.job_id)
+        assert job is not None
+        record.mark("fetching")
+        spec = await market.load_spec(note.spec_blob, job)
+        model = await market.load_model(note.model_hash, note.model_blob, [note.submitter])
+        private: bytes | None = None
+        if note.private_input:
+            record.mark("waiting for input")
+            key = (note.job_id, note.submitter)
+            sealed_note = await market.book.wait_for(lambda: market.book.inputs.get(key))
+            sealed = await market.fetch_blob(sealed_note.blob, [note.submitter])
+            private = await market.in_thread(open_sealed, market.x25519, sealed, note.job_id.encode())
+        record.mark("running")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._publish_progress, record)
+            bundle = await self._execute(note.job_id, spec, model, private, record)
+            nursery.cancel_scope.cancel()
+        await market.publish(wire.ProgressNote(note.job_id, record.done, record.total))
+        return bundle
+
+    async def _execute(
+        self, job_id: str, spec: JobSpec, model: Model, private: bytes | None, record: WorkRecord
+    ) -> tuple[bytes, Result]:
+        def progress(done: int, total: int) -> None:
+            record.done, record.total = done, total
+
+        started = time.perf_counter()
+        executor, in_thread = self.market.executor, self.market.in_thread
+        if isinstance(spec, InferenceSpec):
+            assert private is not None, "inference jobs always have a private input"
+            outputs = await executor.infer(spec, model, private, progress=progress)
+            record.times["compute_s"] = time.perf_counter() - started
+            return await in_thread(inference_bundle, job_id, outputs)
+        weights, trace = await executor.train(spec, model, private, progress=progress)
+        record.times["compute_s"] = time.perf_counter() - started
+        return await in_thread(training_bundle, job_id, weights, trace)
+
+    async def _publish_progress(self, record: WorkRecord) -> None:
+        sent = (-1, -1)
+        while True:
+            now = (record.done, record.total)
+            if now != sent and record.total:
+                await self.market.publish(wire.ProgressNote(record.job_id, *now))
+                sent = now
+            await trio.sleep(PROGRESS_INTERVAL_S)  # pacing, not synchronisation
+
+    async def _serve(self, note: wire.JobNote, record: WorkRecord, data: bytes, result: Result) -> None:
+        market = self.market
+        record.mark("committing")
+        record.result_blob = await market.put_blob(data)
+        await market.ledger.send("job_commit", {"job_id": note.job_id, **result.commitment()})
+        record.mark("serving")
+        log.info("job committed", job=note.job_id[:16], output=result.output_hash[:16])
+        announcement = wire.ResultNote(note.job_id, record.result_blob, result.size)
+        height = 0
+        while True:
+            await market.publish(announcement)
+            with trio.move_on_after(wire.REANNOUNCE_S):
+                while True:
+                    state = await market.watch.wait_above(height)
+                    height = state.height
+                    job = state.jobs.get(note.job_id)
+                    if job is None or job.status != "committed":
+                        record.mark(job.status if job is not None else "done")
+                        return
+
