@@ -1,7 +1,7 @@
 """Gossip delivery latency, loss and CPU across N real peer processes on loopback.
 
-Starts `hivemesh cluster up --peers N`, waits for peer exchange to give every peer
-min(6, N-1) connections, measures idle CPU, then per offered rate publishes paced messages
+Starts `hivemesh cluster up --peers N`, waits for peer exchange to give every peer its target
+number of connections (or N-1), measures idle CPU, then per offered rate publishes paced messages
 round-robin from every peer through the local API and reads every peer's received log.
 Latency of a message = the moment the LAST peer had it minus the moment it was published
 (all processes share this machine's clock). Prints median / p95 / max, the count lost, the
@@ -31,10 +31,10 @@ from typing import Any
 
 import psutil
 
+from gossip.peerexchange import DEFAULT_TARGET_DEGREE
 from peer.client import ApiClient
 from peer.cluster import Cluster, cluster_down, cluster_up
 
-TARGET_DEGREE = 6  # PeerExchange's default
 # Loaded by every peer process through PYTHONPATH (as sitecustomize) when --profile or an
 # experiment knob is given. Profiling: SIGUSR1 starts a fresh cProfile, SIGUSR2 stops it and
 # writes DIR/<pid>.prof (the last rate's window wins). The knobs override, before the peer
@@ -243,7 +243,7 @@ def main() -> None:
         clients = [ApiClient(p.api_url, timeout=10.0) for p in cluster.peers]
         try:
             t1 = time.monotonic()
-            found = wait_for_degree(clients, args.px_degree or TARGET_DEGREE, timeout=60)
+            found = wait_for_degree(clients, args.px_degree or DEFAULT_TARGET_DEGREE, timeout=60)
             print(
                 f"degree after {time.monotonic() - t1:.1f} s: min {min(found)} median "
                 f"{statistics.median(found):g} max {max(found)}"

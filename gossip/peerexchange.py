@@ -40,6 +40,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 PEERS_PROTOCOL = "/hivemesh/peers/1"
+# Connections each peer seeks. Every GossipSub transmission costs py-libp2p ~1.6 ms of CPU and a
+# peer's mesh takes every connection up to D=6, so this degree sets what a message costs. With 20
+# peer processes on 2 cores (benchmarks/gossip_latency.py) each msg/s took ~27 % of a core at
+# target 6, ~19 % at 3 and ~11 % at 2, and at 3 or more a 5-peer cluster fell behind at 50 msg/s.
+# At 2 the mesh still outlives its bootstrap peer (tests/test_peer_exchange.py).
+DEFAULT_TARGET_DEGREE = 2
 MAX_SAMPLE = 32  # peers in one answer
 MAX_SELF_ADDRS = 8  # addresses one peer may advertise for itself
 MAX_ADDR_LEN = 256
@@ -164,7 +170,7 @@ class PeerExchange:
         self,
         node: GossipNode,
         *,
-        target_degree: int = 6,
+        target_degree: int = DEFAULT_TARGET_DEGREE,
         interval: float = 2.0,
         dial_timeout: float = 5.0,
         request_timeout: float = 5.0,
@@ -203,11 +209,15 @@ class PeerExchange:
     # -- asking ------------------------------------------------------------------------------
 
     async def exchange_once(self) -> int:
-        """One round: below target degree, ask a random neighbour, then dial. Returns dials that worked."""
+        """One round: below target degree, ask a random neighbour, then dial. Returns dials that worked.
+
+        With no neighbour left at all, the book alone still gives addresses to dial.
+        """
         connected = self._connected()
-        if not connected or len(connected) >= self.target_degree:
+        if len(connected) >= self.target_degree:
             return 0
-        await self.ask(self.node.random.choice(sorted(connected)))
+        if connected:
+            await self.ask(self.node.random.choice(sorted(connected)))
         return await self.dial_some(self.target_degree - self.degree())
 
     async def ask(self, peer: PeerId) -> bool:

@@ -48,6 +48,7 @@ MAX_STATUS_PEERS = 8  # asked at once in a hinted round (a random poll asks POLL
 POLL_PEERS = 2
 _RESPONSE_LIMIT = MAX_RANGE_BYTES + MAX_BLOCK_BYTES + MAX_COMMIT_BYTES + 4096
 _IDLE_GAP = 0.2  # seconds between rounds that found nothing to fetch (paces hostile hints)
+HINT_GRACE = 0.2  # seconds a hint waits: a decision in flight often makes the round needless
 
 # deliver(peer, height, block bytes, commit bytes, more) -> applied (or already held)?
 Deliver = Callable[[PeerId, int, bytes, bytes, bool], Awaitable[bool]]
@@ -216,23 +217,31 @@ class BlockSync:
         self.active = False  # fetching blocks right now
         self.rounds = 0
         self.fetched = 0
-        self._hints_send, self._hints_recv = trio.open_memory_channel[PeerId | None](1)
+        self._hints_send, self._hints_recv = trio.open_memory_channel[tuple[PeerId | None, int]](1)
 
-    def hint(self, peer: PeerId | None = None) -> None:
-        """We may be behind (peer, if given, seems ahead): run a round soon. Never blocks."""
-        try:
-            self._hints_send.send_nowait(peer)
-        except trio.WouldBlock:
-            pass  # a round is already due
+    def hint(self, peer: PeerId | None, height: int) -> None:
+        """peer sent a message for `height`, so it has committed height - 1: if we have not, run a
+        round soon. Never blocks; hints that arrive while one is pending are dropped."""
+        if height - 1 > self._height():
+            try:
+                self._hints_send.send_nowait((peer, height))
+            except trio.WouldBlock:
+                pass  # a round is already due
 
     async def run(self) -> None:
-        """Rounds forever: on each hint, and a small random poll every poll_interval."""
+        """Rounds forever: on each hint still standing after HINT_GRACE, and a random poll every
+        poll_interval (jittered)."""
         while True:
-            hinted, got_hint = None, False
+            hint: tuple[PeerId | None, int] | None = None
             with trio.move_on_after(self.poll_interval * self.gossip.random.uniform(0.5, 1.5)):
-                hinted, got_hint = await self._hints_recv.receive(), True
-            fetched = await self.sync_round(hinted, fanout=MAX_STATUS_PEERS if got_hint else POLL_PEERS)
-            if got_hint and not fetched:
+                hint = await self._hints_recv.receive()
+            if hint is None:
+                await self.sync_round(fanout=POLL_PEERS)
+                continue
+            await trio.sleep(HINT_GRACE)
+            if hint[1] - 1 <= self._height():
+                continue  # consensus got us there
+            if not await self.sync_round(hint[0], fanout=MAX_STATUS_PEERS):
                 await trio.sleep(_IDLE_GAP)
 
     async def sync_round(self, first: PeerId | None = None, *, fanout: int = MAX_STATUS_PEERS) -> int:

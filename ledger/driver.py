@@ -20,18 +20,13 @@ includable evidence are waiting or a message for h+1 arrives (someone started it
 instead of spinning. Every node follows the same rule, so no propose timeout runs while a
 proposer holds back.
 
-Proposer order: the state holds each height's validator rows (address, key, power) but no
-proposer priorities, so `ProposerSchedule` derives them from the rows and the height alone:
-the weighted round robin of the rows, started from zero priorities, advanced (h - 1) mod
-(total_power / gcd of the powers) steps, the period of the rotation. Every node computes the
-same set; consecutive heights with unchanged rows cost one step each, a change or a restart
-costs up to min(h, period) steps (a reason to keep priorities in the state one day).
+The consensus validator set of each height, proposer priorities included, comes from
+`ledger.proposers.ProposerSchedule`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -76,14 +71,14 @@ from ledger.consensus import (
     Step,
     Timeout,
     TimeoutConfig,
-    ValidatorSet,
     Vote,
 )
 from ledger.errors import CorruptStore, LedgerError
 from ledger.inbound import body_of, check_evidence, evidence_includable
 from ledger.mempool import Mempool
 from ledger.metrics import LedgerMetrics
-from ledger.state import State, ValidatorPower, validator_set_at
+from ledger.proposers import ProposerSchedule
+from ledger.state import State
 from ledger.store import LedgerStore
 from ledger.tx import SignedTx
 
@@ -117,28 +112,6 @@ class HeightDue:
     height: int
 
 
-class ProposerSchedule:
-    """The consensus ValidatorSet (with proposer priorities) of each height; see the module docstring."""
-
-    def __init__(self) -> None:
-        self._last: tuple[int, tuple[ValidatorPower, ...], ValidatorSet] | None = None
-
-    def at(self, state: State, height: int) -> ValidatorSet:
-        rows = validator_set_at(state, height)
-        last = self._last
-        if last is not None and last[1] == rows and last[0] == height:
-            return last[2]
-        if last is not None and last[1] == rows and last[0] == height - 1:
-            vset = last[2].advance(1)
-        else:
-            base = ValidatorSet(rows)
-            # Priorities stay multiples of the powers' gcd, so the rotation repeats every total/gcd.
-            period = base.total_power // math.gcd(*(v.power for v in base))
-            vset = base.advance((height - 1) % period)
-        self._last = (height, rows, vset)
-        return vset
-
-
 def restore_last_signed(store: LedgerStore) -> LastSigned | None:
     """The double-sign guard saved by a previous run (with its lock). Raises CorruptStore."""
     key = store.last_signed()
@@ -159,7 +132,7 @@ class ConsensusDriver:
 
     Args:
         on_commit: (block, tx hashes, receipts) after each block is durably committed.
-        hint_sync: asks block sync for a round (peer seems ahead, or None).
+        hint_sync: (peer, height): peer sent a message for height; block sync checks we have height - 1.
         clock_ms: the wall clock used for block times (injectable to test skew).
     """
 
@@ -176,7 +149,7 @@ class ConsensusDriver:
         empty_block_interval: float,
         max_block_txs: int,
         on_commit: Callable[[Block, list[bytes], list[Receipt]], None],
-        hint_sync: Callable[[PeerId | None], None],
+        hint_sync: Callable[[PeerId | None, int], None],
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         if not 1 <= max_block_txs <= MAX_BLOCK_TXS:
@@ -219,7 +192,7 @@ class ConsensusDriver:
         if msg.height == next_height:
             await self.maybe_start(force=True)  # someone started it: no reason to hold back
         elif msg.height > next_height:
-            self._hint_sync(author)  # we missed at least one decision
+            self._hint_sync(author, msg.height)  # we missed at least one decision
         try:
             effects = self.core.handle(msg)
         except RejectedMessage as e:

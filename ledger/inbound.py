@@ -15,7 +15,7 @@ TOPIC_CONSENSUS, kind "consensus", body = Proposal.to_wire() or Vote.to_wire():
           signature. Checked only for heights we can judge: the set of height H is known from
           the state once H <= state.height + 2.
   IGNORE  heights already committed here, and heights too far ahead to check (a hint that we
-          are behind: `Checked.ahead` tells the caller to block-sync).
+          are behind: `Checked.far_height` tells the caller to block-sync).
 TOPIC_CONSENSUS, kind "evidence", body = DuplicateVoteEvidence.to_wire():
   REJECT  malformed, or a signature that does not verify with the validator's registered key.
   IGNORE  unknown validator, or an offence already slashed.
@@ -23,6 +23,8 @@ TOPIC_CONSENSUS, kind "evidence", body = DuplicateVoteEvidence.to_wire():
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,14 +55,38 @@ HEIGHTS_AHEAD = 2  # the validator set of state.height + 2 is already fixed by t
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """A validator's verdict, the reason for it, and how far ahead the message was (0 if not)."""
+    """A validator's verdict, the reason for it, and the height of a message too far ahead to check."""
 
     verdict: Verdict
     reason: str = ""
-    ahead: int = 0
+    far_height: int = 0
 
 
 ACCEPTED = Checked(Verdict.ACCEPT)
+
+
+class SignatureCache:
+    """Signatures already verified, so a re-broadcast vote in a new envelope costs a hash, not a verify.
+
+    Keyed by sha256(key, signature, message): a hit proves that exact triple verified before.
+    Bounded (least recently used out); used only from the synchronous gossip validation path.
+    """
+
+    def __init__(self, capacity: int = 16_384) -> None:
+        self.capacity = capacity
+        self._ok: OrderedDict[bytes, None] = OrderedDict()
+
+    def verify(self, public: bytes, signature: bytes, message: bytes) -> bool:
+        digest = hashlib.sha256(public + signature + message).digest()
+        if digest in self._ok:
+            self._ok.move_to_end(digest)
+            return True
+        if not verify(public, signature, message):
+            return False
+        self._ok[digest] = None
+        if len(self._ok) > self.capacity:
+            self._ok.popitem(last=False)
+        return True
 
 
 def check_tx_envelope(envelope: Envelope, state: State) -> Checked:
@@ -96,7 +122,9 @@ def parse_consensus(envelope: Envelope) -> Proposal | Vote | DuplicateVoteEviden
     return msg
 
 
-def check_consensus_envelope(envelope: Envelope, state: State) -> Checked:
+def check_consensus_envelope(
+    envelope: Envelope, state: State, signatures: SignatureCache | None = None
+) -> Checked:
     """Verdict on a gossiped proposal, vote or evidence (see the module docstring)."""
     try:
         msg = parse_consensus(envelope)
@@ -109,14 +137,15 @@ def check_consensus_envelope(envelope: Envelope, state: State) -> Checked:
     if msg.height <= state.height:
         return Checked(Verdict.IGNORE, f"height {msg.height} is committed here")
     if msg.height > state.height + HEIGHTS_AHEAD:
-        return Checked(Verdict.IGNORE, f"height {msg.height} is ahead of us", ahead=msg.height - state.height)
+        return Checked(Verdict.IGNORE, f"height {msg.height} is ahead of us", far_height=msg.height)
     signer = msg.proposer if isinstance(msg, Proposal) else msg.validator
     row = next((v for v in validator_set_at(state, msg.height) if v.address == signer), None)
     if row is None:
         return Checked(Verdict.REJECT, f"{signer} is not a validator at height {msg.height}")
-    if not verify(row.pubkey, msg.signature, msg.sign_bytes(state.chain_id)):
+    check = verify if signatures is None else signatures.verify
+    if not check(row.pubkey, msg.signature, msg.sign_bytes(state.chain_id)):
         return Checked(Verdict.REJECT, f"bad signature from {signer} at height {msg.height}")
-    return Checked(Verdict.ACCEPT, ahead=max(0, msg.height - state.height - 1))
+    return ACCEPTED
 
 
 def check_evidence(evidence: DuplicateVoteEvidence, state: State) -> Checked:

@@ -14,9 +14,9 @@ sync runs on hints (messages for heights above ours) and on a slow random poll, 
 that was stopped, frozen or partitioned catches up by itself. A LedgerNode serves once.
 
 Gossip: TOPIC_TX carries tx bytes and TOPIC_CONSENSUS proposals, votes and evidence;
-`ledger.inbound` validates both before anything is forwarded. Block sync and block queries
-read committed blocks through a second, read-only connection to the store's file, so they
-never touch the writer the owner uses.
+`ledger.inbound` validates both before anything is forwarded. Block sync and the queries
+(`block`, `block_info`, `tx_location`) read committed data through a second connection to
+the store's file that is only ever read, so they never touch the writer the owner uses.
 
 Error handling: hostile input is refused by the validators or the core and its sender is
 penalised; `submit` raises the mempool's typed LedgerError; `wait_committed` raises
@@ -26,8 +26,8 @@ and stops the node.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -47,7 +47,14 @@ from ledger.consensus import ConsensusError, DuplicateVoteEvidence, Timeout, Tim
 from ledger.driver import ConsensusDriver, Head, HeightDue, wall_clock_ms
 from ledger.errors import CorruptStore, LedgerError
 from ledger.genesis import Genesis, genesis_state
-from ledger.inbound import KIND_TX, check_consensus_envelope, check_tx_envelope, parse_consensus
+from ledger.inbound import (
+    KIND_TX,
+    SignatureCache,
+    check_consensus_envelope,
+    check_tx_envelope,
+    parse_consensus,
+)
+from ledger.inbox import Gossiped, Join, Placed, Submit, SyncDone, Synced, Watch, answer
 from ledger.mempool import Mempool
 from ledger.metrics import LedgerMetrics
 from ledger.state import State, app_hash, validator_set_at
@@ -56,47 +63,7 @@ from ledger.store import LedgerStore
 log = structlog.get_logger(__name__)
 
 INBOX_SIZE = 1024
-
-_Placed = tuple[int, int, Receipt]  # (height, index in block, receipt)
-
-
-@dataclass(frozen=True, slots=True)
-class _Gossip:
-    topic: str
-    envelope: Envelope
-
-
-@dataclass(frozen=True, slots=True)
-class _Submit:
-    tx: bytes
-    reply: trio.MemorySendChannel[bytes | LedgerError]
-
-
-@dataclass(frozen=True, slots=True)
-class _Watch:
-    tx_hash: bytes
-    reply: trio.MemorySendChannel[_Placed]
-    stop: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _Synced:
-    peer: PeerId
-    height: int
-    block: bytes
-    commit: bytes
-    more: bool
-    reply: trio.MemorySendChannel[bool]
-
-
-@dataclass(frozen=True, slots=True)
-class _SyncDone:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Join:
-    pass
+RECENT_TXS = 20_000  # placements of recently committed txs kept in memory for wait_committed
 
 
 class LedgerNode:
@@ -143,7 +110,9 @@ class LedgerNode:
         self.driver: ConsensusDriver | None = None
         self._ready = False
         self._served = False
-        self._waiters: dict[bytes, list[trio.MemorySendChannel[_Placed]]] = {}
+        self._waiters: dict[bytes, list[trio.MemorySendChannel[Placed]]] = {}
+        self._recent: OrderedDict[bytes, Placed] = OrderedDict()
+        self._signatures = SignatureCache()
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[object](INBOX_SIZE)
         self._tx_channel = gossip.subscribe(TOPIC_TX, self._validate_tx)
         self._consensus_channel = gossip.subscribe(TOPIC_CONSENSUS, self._validate_consensus)
@@ -188,7 +157,7 @@ class LedgerNode:
                 self._ready = True
                 task_status.started()
                 await self.sync.sync_round()  # catch up before we sign anything
-                await self._inbox_send.send(_Join())
+                await self._inbox_send.send(Join())
                 nursery.start_soon(self.sync.run)
         finally:
             self._ready = False
@@ -205,7 +174,7 @@ class LedgerNode:
         """
         self._check_serving()
         reply_send, reply_recv = trio.open_memory_channel[bytes | LedgerError](1)
-        await self._inbox_send.send(_Submit(bytes(tx), reply_send))
+        await self._inbox_send.send(Submit(bytes(tx), reply_send))
         result = await reply_recv.receive()
         if isinstance(result, LedgerError):
             raise result
@@ -226,17 +195,20 @@ class LedgerNode:
         if len(digest) != 32:
             raise ValueError(f"tx hash must be 32 bytes of hex, got {len(digest)} bytes")
         self._check_serving()
-        reply_send, reply_recv = trio.open_memory_channel[_Placed](1)
+        reply_send, reply_recv = trio.open_memory_channel[Placed](1)
+        placed: Placed | None = None
         with trio.fail_after(timeout):
-            await self._inbox_send.send(_Watch(digest, reply_send))
+            await self._inbox_send.send(Watch(digest, reply_send))
             try:
-                return await reply_recv.receive()
+                placed = await reply_recv.receive()
             finally:
-                try:
-                    self._inbox_send.send_nowait(_Watch(digest, reply_send, stop=True))
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the waiter is dropped when the tx commits (its channel is closed)
                 reply_recv.close()
+                if placed is None:  # gave up: let the owner forget the waiter
+                    try:
+                        self._inbox_send.send_nowait(Watch(digest, reply_send, stop=True))
+                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass  # then it is dropped when the tx commits (its channel is closed)
+        return placed
 
     def status(self) -> dict[str, Any]:
         head = self.head
@@ -256,11 +228,17 @@ class LedgerNode:
             "evidence_pending": len(driver.evidence) if driver is not None else 0,
         }
 
+    def block(self, height: int) -> tuple[bytes, bytes] | None:
+        """(block bytes, commit bytes) of a committed block, or None if this peer does not hold it."""
+        return None if self._reader is None else self._reader.block(height)
+
+    def tx_location(self, tx_hash: bytes) -> tuple[int, int, Receipt] | None:
+        """(height, index, receipt) of a committed tx, or None."""
+        return None if self._reader is None else self._reader.tx_location(tx_hash)
+
     def block_info(self, height: int) -> dict[str, Any] | None:
         """Summary of a committed block, or None if this peer does not hold it."""
-        if self._reader is None:
-            return None
-        stored = self._reader.block(height)
+        stored = self.block(height)
         if stored is None:
             return None
         try:
@@ -319,28 +297,28 @@ class LedgerNode:
         assert driver is not None
         async for event in self._inbox_recv:
             match event:
-                case _Gossip(topic=topic, envelope=envelope):
+                case Gossiped(topic=topic, envelope=envelope):
                     await self._on_gossip(driver, topic, envelope)
                 case Timeout():
                     await driver.on_timeout(event)
                 case HeightDue():
                     await driver.on_height_due(event)
-                case _Submit(tx=tx, reply=reply):
+                case Submit(tx=tx, reply=reply):
                     try:
-                        _reply(reply, self.mempool.add(tx, driver.head.state))
+                        answer(reply, self.mempool.add(tx, driver.head.state))
                     except LedgerError as e:
-                        _reply(reply, e)
+                        answer(reply, e)
                     await driver.maybe_start()
-                case _Watch():
+                case Watch():
                     self._on_watch(event)
-                case _Synced():
+                case Synced():
                     ok = await driver.on_synced(
                         event.peer, event.height, event.block, event.commit, event.more
                     )
-                    _reply(event.reply, ok)
-                case _SyncDone():
+                    answer(event.reply, ok)
+                case SyncDone():
                     await driver.on_sync_done()
-                case _Join():
+                case Join():
                     await driver.join()
 
     async def _on_gossip(self, driver: ConsensusDriver, topic: str, envelope: Envelope) -> None:
@@ -361,7 +339,7 @@ class LedgerNode:
         else:
             await driver.on_message(msg, envelope.author_id)
 
-    def _on_watch(self, watch: _Watch) -> None:
+    def _on_watch(self, watch: Watch) -> None:
         if watch.stop:
             waiting = self._waiters.get(watch.tx_hash, [])
             if watch.reply in waiting:
@@ -370,31 +348,35 @@ class LedgerNode:
                 self._waiters.pop(watch.tx_hash, None)
             return
         assert self._reader is not None
-        placed = self._reader.tx_location(watch.tx_hash)
+        placed = self._recent.get(watch.tx_hash) or self._reader.tx_location(watch.tx_hash)
         if placed is not None:
-            _reply(watch.reply, placed)
+            answer(watch.reply, placed)
         else:
             self._waiters.setdefault(watch.tx_hash, []).append(watch.reply)
 
     def _committed(self, block: Block, hashes: list[bytes], receipts: list[Receipt]) -> None:
         for index, (tx_hash, receipt) in enumerate(zip(hashes, receipts, strict=True)):
-            for reply in self._waiters.pop(tx_hash, ()):
-                _reply(reply, (block.height, index, receipt))
+            placed = (block.height, index, receipt)
+            self._recent.setdefault(tx_hash, placed)
+            for waiter in self._waiters.pop(tx_hash, ()):
+                answer(waiter, placed)
+        while len(self._recent) > RECENT_TXS:
+            self._recent.popitem(last=False)
 
     # -- feeding the owner ---------------------------------------------------------------------
 
     async def _pump(self, topic: str, channel: trio.MemoryReceiveChannel[Envelope]) -> None:
         async with channel:
             async for envelope in channel:
-                await self._inbox_send.send(_Gossip(topic, envelope))
+                await self._inbox_send.send(Gossiped(topic, envelope))
 
     async def _deliver(self, peer: PeerId, height: int, block: bytes, commit: bytes, more: bool) -> bool:
         reply_send, reply_recv = trio.open_memory_channel[bool](1)
-        await self._inbox_send.send(_Synced(peer, height, block, commit, more, reply_send))
+        await self._inbox_send.send(Synced(peer, height, block, commit, more, reply_send))
         return await reply_recv.receive()
 
     async def _sync_done(self) -> None:
-        await self._inbox_send.send(_SyncDone())
+        await self._inbox_send.send(SyncDone())
 
     def _validate_tx(self, envelope: Envelope) -> Verdict:
         if not self._ready:
@@ -407,11 +389,11 @@ class LedgerNode:
     def _validate_consensus(self, envelope: Envelope) -> Verdict:
         if not self._ready:
             return Verdict.IGNORE
-        checked = check_consensus_envelope(envelope, self.head.state)
+        checked = check_consensus_envelope(envelope, self.head.state, self._signatures)
         if checked.verdict is Verdict.REJECT:
             log.info("rejected a consensus message", author=envelope.author_id, reason=checked.reason)
-        elif checked.verdict is Verdict.IGNORE and checked.ahead:
-            self.sync.hint(envelope.author_id)
+        elif checked.far_height:
+            self.sync.hint(envelope.author_id, checked.far_height)
         return checked.verdict
 
     def _tip(self) -> tuple[int, bytes]:
@@ -424,11 +406,3 @@ class LedgerNode:
     def _check_serving(self) -> None:
         if not self._ready:
             raise RuntimeError("the ledger node is not serving")
-
-
-def _reply(channel: trio.MemorySendChannel[Any], value: Any) -> None:
-    """Answer a caller that may have given up (cancelled or timed out) in the meantime."""
-    try:
-        channel.send_nowait(value)
-    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-        pass

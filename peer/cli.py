@@ -20,6 +20,7 @@ from peer.client import ApiClient, api_url
 from peer.config import load_config
 from peer.errors import ConfigError, PeerError
 from peer.home import Home, init_home, load_identity, resolve_home
+from peer.job_cli import job_app, model_app
 from peer.tx_cli import genesis_app, ledger_app, query_app, tx_app
 from peer.version import __version__
 
@@ -38,6 +39,8 @@ app.add_typer(tx_app, name="tx")
 app.add_typer(query_app, name="query")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(genesis_app, name="genesis")
+app.add_typer(model_app, name="model")
+app.add_typer(job_app, name="job")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 ApiOpt = Annotated[
@@ -297,11 +300,11 @@ def cluster_down_cmd(
 
 @app.command()
 def demo(
-    peers: Annotated[int, typer.Option("--peers", min=2, max=16, help="Number of peers.")] = 4,
+    peers: Annotated[int, typer.Option("--peers", min=3, max=16, help="Number of peers.")] = 4,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a local cluster, gossip a message from every peer, show who got what, tear down."""
-    from peer.demo import run_demo
+    """Run the compute market end to end on a local cluster: register, train, infer, pay, tear down."""
+    from peer.market.demo import run_demo
 
     result = run_demo(peers, show=not as_json)
     if as_json:

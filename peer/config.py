@@ -77,6 +77,10 @@ class Config(BaseModel):
     consensus_propose_ms: int = Field(default=3000, ge=10, le=600_000)
     consensus_vote_ms: int = Field(default=1000, ge=10, le=600_000)
     consensus_delta_ms: int = Field(default=500, ge=0, le=600_000)
+    solver: bool = True
+    solver_price_bps: int = Field(default=8_000, ge=1, le=10_000)
+    solver_min_price: int = Field(default=1, ge=1)
+    solver_max_jobs: int = Field(default=2, ge=1, le=64)
 
     @field_validator("listen")
     @classmethod
@@ -224,4 +228,13 @@ sync_interval = 1.0
 consensus_propose_ms = {timeouts["consensus_propose_ms"]}
 consensus_vote_ms = {timeouts["consensus_vote_ms"]}
 consensus_delta_ms = {timeouts["consensus_delta_ms"]}
+
+# Compute market solver. The peer bids on announced jobs only once its account is registered
+# as a solver (`hivemesh tx register solver`); `solver = false` turns bidding off altogether.
+# Price: solver_price_bps of the bounty (at least solver_min_price); at most solver_max_jobs
+# assigned jobs at a time.
+solver = true
+solver_price_bps = 8000
+solver_min_price = 1
+solver_max_jobs = 2
 """

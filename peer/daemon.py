@@ -50,6 +50,9 @@ from peer.home import Home, RunInfo, daemon_lock, remove_run_info, write_run_inf
 from peer.ledger_api import LedgerRoutes
 from peer.ledger_service import LedgerService
 from peer.logs import configure_logging, get_logger
+from peer.market.api import MarketRoutes
+from peer.market.host import MarketHost
+from peer.market.wire import validate_envelope
 from peer.metrics import PeerMetrics
 from peer.received import ReceivedLog
 from peer.version import __version__
@@ -108,6 +111,7 @@ class Peer:
         self.config = config
         self.genesis, self.ledger_path = genesis, ledger_path
         self.ledger: LedgerService | None = None
+        self.market: MarketHost | None = None
         self.identity = identity
         self.peer_id = identity.peer_id
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -126,20 +130,27 @@ class Peer:
 
     async def serve(self, *, task_status: trio.TaskStatus[RunInfo] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every component until cancelled; `nursery.start` returns the RunInfo once all are up."""
-        channels = {name: self.node.subscribe(topic) for name, topic in TOPICS.items()}
+        channels = {
+            name: self.node.subscribe(topic, validate_envelope if topic == TOPIC_TASKS else None)
+            for name, topic in TOPICS.items()
+        }
         with ExitStack() as stack:
             if self.genesis is not None and self.ledger_path is not None:
                 self.ledger = stack.enter_context(self._open_ledger(self.genesis, self.ledger_path))
+                self.market = self._market_host(self.ledger, self.ledger_path.parent)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.transport.serve)
                 await nursery.start(self.node.serve)
                 await nursery.start(self.dialer.serve)
                 await nursery.start(self.exchange.serve)
                 for name, channel in channels.items():
+                    if name == "tasks" and self.market is not None:  # the market drains it into the log
+                        await nursery.start(self.market.serve, channel, self.received_logs[name].append)
+                        continue
                     nursery.start_soon(self.received_logs[name].drain, channel, name=f"received-log:{name}")
                 if self.ledger is not None:
                     await nursery.start(self.ledger.node.serve)
-                routes = LedgerRoutes(self.ledger).routes()
+                routes = {**LedgerRoutes(self.ledger).routes(), **MarketRoutes(self.market).routes()}
                 api = ApiApp(self, self.log.bind(component="api"), extra_routes=routes)
                 self.api_address = await nursery.start(serve_api, api, self.config.api_listen)
                 self._started(task_status)
@@ -155,6 +166,23 @@ class Peer:
                 version=__version__,
                 started_at=time.time(),
             )
+        )
+
+    def _market_host(self, ledger: LedgerService, data_dir: Path) -> MarketHost:
+        c = self.config
+        policy = {
+            "enabled": c.solver,
+            "price_bps": c.solver_price_bps,
+            "min_price": c.solver_min_price,
+            "max_jobs": c.solver_max_jobs,
+        }
+        return MarketHost(
+            identity=self.identity,
+            transport=self.transport,
+            gossip=self.node,
+            ledger=ledger,
+            data_dir=data_dir,
+            policy=policy,
         )
 
     @contextmanager
@@ -197,6 +225,7 @@ class Peer:
             "gossip": self.node.stats(),
             "received": {name: len(log) for name, log in self.received_logs.items()},
             "ledger": None if self.ledger is None else {"height": self.ledger.node.height},
+            "market": None if self.market is None else self.market.status(),
         }
 
     def peers(self) -> list[dict[str, Any]]:

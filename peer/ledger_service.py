@@ -22,6 +22,7 @@ raises `CommitTimeout` carrying the tx hash (the tx may still commit later).
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -32,7 +33,7 @@ from ledger.apply import Receipt, deliver_tx
 from ledger.block import Block
 from ledger.errors import BadNonce, InvalidTx, LedgerError
 from ledger.genesis import Genesis
-from ledger.tx import check_address, decode_tx, sign_tx
+from ledger.tx import check_address, sign_tx
 
 if TYPE_CHECKING:
     from ledger.node import LedgerNode
@@ -217,7 +218,9 @@ class LedgerService:
         stored = self.reader.block(height)
         if stored is None:
             return []
-        return [decode_tx(raw).hash.hex() for raw in Block.decode(stored[0]).txs]
+        return [
+            hashlib.sha256(raw).hexdigest() for raw in Block.decode(stored[0]).txs
+        ]  # tx hash = sha256(wire)
 
     def tx(self, tx_hash: str) -> dict[str, Any]:
         location = self.reader.tx_location(parse_tx_hash(tx_hash))

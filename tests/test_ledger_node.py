@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from gossip.topics import TOPIC_CONSENSUS, TOPIC_TX
 from ledger.block import ZERO_HASH, build_block
 from ledger.blocksync import BLOCKS_PROTOCOL, BlockServer, SyncRejected, encode_commit, verify_synced
 from ledger.consensus import Commit, Proposal, Vote, VoteType, decode_message
-from ledger.driver import ProposerSchedule
+from ledger.driver import wall_clock_ms
 from ledger.genesis import Genesis, GenesisValidator, genesis_state
 from ledger.params import Params
+from ledger.proposers import ProposerSchedule
 from ledger.state import app_hash
 from ledger.store import LedgerStore
 from ledger.tx import SignedTx, sign_tx
@@ -56,6 +58,11 @@ async def test_validators_and_observer_commit_transfers_identically(tmp_path: Pa
     async with ledger_cluster(tmp_path) as cluster:
         peers = await cluster.start_all()
         hashes = await submit_transfers(cluster, 12)
+        stale = sign_tx(cluster.users[0], "transfer", {"to": cluster.users[1].peer_id, "amount": 1}, nonce=0, fee=1, chain_id=CHAIN)
+        with pytest.raises(DuplicateTx):
+            await peers[0].node.submit(stale.encoded)  # the same bytes as the first transfer
+        with pytest.raises(BadNonce):
+            await peers[0].node.submit(cluster.transfer(0, cluster.users[1].peer_id, 1 + 10**9) and stale.encoded[:0] or sign_tx(cluster.users[0], "transfer", {"to": cluster.users[1].peer_id, "amount": 2}, nonce=99, fee=1, chain_id=CHAIN).encoded)
         for peer in peers:
             for tx_hash in hashes:
                 height, _, receipt = await peer.node.wait_committed(tx_hash, timeout=20)
@@ -66,6 +73,8 @@ async def test_validators_and_observer_commit_transfers_identically(tmp_path: Pa
         total = sum(p.node.state.accounts[u.peer_id].balance for u in cluster.users for p in peers[:1])
         assert total == 4 * BALANCE - 12  # fees went to proposers (validators), amounts stayed among users
         observer = peers[-1]
+        placed = observer.node.tx_location(bytes.fromhex(hashes[0]))
+        assert placed is not None and placed[2].ok
         assert not observer.node.status()["is_validator"]
         assert peers[0].node.status()["is_validator"]
         assert observer.metric("hivemesh_ledger_txs_committed_total") >= 12
@@ -399,3 +408,22 @@ async def test_block_server_refuses_and_penalises_malformed_requests(tmp_path: P
             await server.handle("p", bad)
     assert len(penalties) == 4 and all(peer == "p" for peer, _ in penalties)
     store.close()
+
+
+async def test_block_times_tolerate_modest_clock_skew_only(tmp_path: Path) -> None:
+    def skewed(ms: int) -> Callable[[], int]:
+        return lambda: wall_clock_ms() + ms
+
+    async with ledger_cluster(tmp_path, observers=0) as cluster:
+        ahead, far_ahead = cluster.identities[0].peer_id, cluster.identities[1].peer_id
+        await cluster.start(0, clock_ms=skewed(4_000))  # within MAX_CLOCK_SKEW_MS: its blocks pass
+        await cluster.start(1, clock_ms=skewed(60_000))  # beyond it: its blocks are refused
+        await cluster.start(2)
+        await cluster.start(3)
+        await wait_until(lambda: min(cluster.heights()) >= 10, timeout=30)
+        infos = [cluster.peers[2].node.block_info(h) for h in range(1, 11)]
+        proposers = {info["proposer"] for info in infos if info}
+        assert ahead in proposers and far_ahead not in proposers
+        times = [info["time_ms"] for info in infos if info]
+        assert times == sorted(times) and len(set(times)) == len(times)
+        assert cluster.same_chain(cluster.running(), 10)

@@ -280,21 +280,32 @@ async def test_malformed_sync_requests_are_refused_and_penalised() -> None:
         rpc = RequestResponse(prober)
         env = await a.node.publish(TOPIC_TX, "tx", {"n": 1})
 
-        async def ask(span: float, ids: list[bytes]) -> Any:
-            return await rpc.request(a.node.peer_id, SYNC_PROTOCOL, {"t": {TOPIC_TX: {"s": span, "i": ids}}})
+        async def ask(span: float, ids: list[bytes], count: int = 1) -> Any:
+            entry = {"s": span, "i": ids, "w": 60.0, "n": count}
+            return await rpc.request(a.node.peer_id, SYNC_PROTOCOL, {"t": {TOPIC_TX: entry}})
 
-        assert await ask(60, []) == {"e": [[TOPIC_TX, env.encode()]]}
-        assert await ask(60, [env.msg_id[:ID_PREFIX]]) == {"e": []}
-        assert await ask(SYNC_MARGIN, []) == {"e": []}  # nothing is offered inside the margin
+        assert await ask(60, []) == {"e": [[TOPIC_TX, env.encode()]], "more": []}
+        assert await ask(60, [env.msg_id[:ID_PREFIX]]) == {"e": [], "more": []}
+        assert await ask(SYNC_MARGIN, []) == {"e": [], "more": []}  # nothing is offered inside the margin
+        assert await ask(SYNC_MARGIN, [], count=0) == {"e": [], "more": [TOPIC_TX]}  # "I hold more"
+
+        def entry(**change: Any) -> dict[str, Any]:
+            return {"t": {TOPIC_TX: {"s": 60, "i": [], "w": 60, "n": 0, **change}}}
+
         bad_requests: list[Any] = [
             {"t": "nope"},
-            {"t": {TOPIC_TX: {"s": 60, "i": [b"short"]}}},
-            {"t": {TOPIC_TX: {"s": 60, "i": [env.msg_id]}}},  # full ids: only prefixes are listed
-            {"t": {TOPIC_TX: {"s": -1, "i": []}}},
-            {"t": {TOPIC_TX: {"s": True, "i": []}}},
+            entry(i=[b"short"]),
+            entry(i=[env.msg_id]),  # full ids: only prefixes are listed
+            entry(s=-1),
+            entry(s=True),
+            entry(w=float("inf")),
+            entry(n=-1),
+            entry(n=1.5),
+            {"t": {TOPIC_TX: {"s": 60, "i": []}}},  # no digest
             {"t": {TOPIC_TX: []}},
             [1, 2],
         ]
+        a.node.scores.ban_threshold = -1e9  # count every penalty; banning is tested elsewhere
         for body in bad_requests:
             with pytest.raises(RemoteError, match="sync request"):
                 await rpc.request(a.node.peer_id, SYNC_PROTOCOL, body)
@@ -321,6 +332,24 @@ async def test_sync_never_resends_what_the_asker_holds_even_past_the_id_limit(
         assert await a.node.sync.sync_once(b.node.peer_id) == 1
         assert [e.msg_id for e in pending(a.channel)] == [lost.msg_id]
         assert a.node.stats()["received"] == offered + 1  # the one it lacked, nothing else
+
+
+async def test_a_fresh_round_turns_deep_when_the_peer_holds_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork()
+    async with cluster(net, 2, sync_interval=1e6) as (a, b):  # rounds only when the test asks
+        net.drop = 1.0  # gossip carries nothing
+        old = [await b.node.publish(TOPIC_TX, "tx", {"i": i}) for i in range(5)]
+        await trio.sleep(3 * FRESH_SPAN)  # older than anything a fresh round lists or is offered
+        rounds = a.node.stats()["sync_rounds"]
+        assert await a.node.sync.sync_once(b.node.peer_id, deep=False) == 5
+        assert a.node.stats()["sync_rounds"] == rounds + 2  # the fresh round, then a deep one at once
+        assert {e.msg_id for e in pending(a.channel)} == {e.msg_id for e in old}
+        # b lacks nothing a has: its fresh round stays one quiet request.
+        rounds = b.node.stats()["sync_rounds"]
+        assert await b.node.sync.sync_once(a.node.peer_id, deep=False) == 0
+        assert b.node.stats()["sync_rounds"] == rounds + 1
 
 
 async def test_quiet_sync_rounds_are_small_and_back_off(autojump_clock: trio.testing.MockClock) -> None:

@@ -32,6 +32,7 @@ class Peer:
     transport: MemoryTransport
     node: GossipNode
     exchange: PeerExchange
+    scope: trio.CancelScope  # cancelling it stops this peer alone
 
     @property
     def addr(self) -> str:
@@ -41,17 +42,26 @@ class Peer:
         return len(self.transport.connected_peers())
 
 
-async def start_peer(nursery: trio.Nursery, net: MemoryNetwork, bootstrap: list[str], target: int) -> Peer:
+async def run_peer(
+    net: MemoryNetwork, bootstrap: list[str], target: int, *, task_status: trio.TaskStatus[Peer]
+) -> None:
     identity = Identity.generate()
     transport = net.transport(identity)
-    await nursery.start(transport.serve)
     node = GossipNode(transport, identity, sync_interval=0.5)
     node.subscribe(TOPIC_TX)
     exchange = PeerExchange(node, target_degree=target, interval=INTERVAL, dial_timeout=1.0)
-    await nursery.start(node.serve)
-    await nursery.start(Dialer(transport, bootstrap, min_backoff=0.05, max_backoff=0.2).serve)
-    await nursery.start(exchange.serve)
-    return Peer(transport, node, exchange)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transport.serve)
+            await nursery.start(node.serve)
+            await nursery.start(Dialer(transport, bootstrap, min_backoff=0.05, max_backoff=0.2).serve)
+            await nursery.start(exchange.serve)
+            task_status.started(Peer(transport, node, exchange, scope))
+
+
+async def start_peer(nursery: trio.Nursery, net: MemoryNetwork, bootstrap: list[str], target: int) -> Peer:
+    peer: Peer = await nursery.start(run_peer, net, bootstrap, target)
+    return peer
 
 
 @asynccontextmanager
@@ -94,6 +104,21 @@ async def test_thirty_peers_bootstrapped_from_one_reach_the_target_degree() -> N
         # The mesh carries gossip to everyone.
         env = await leaves[-1].node.publish(TOPIC_TX, "tx", {"n": 1})
         await wait_until(lambda: all(env.msg_id in p.node.seen for p in peers), timeout=10)
+
+
+async def test_the_mesh_survives_its_bootstrap_peer_at_the_default_target() -> None:
+    net = MemoryNetwork(seed=6)
+    target = PeerExchange.__init__.__kwdefaults__["target_degree"]
+    async with star(net, 20, target=target) as peers:
+        await wait_until(lambda: all(p.degree() >= target for p in peers), timeout=20)
+        hub, rest = peers[0], peers[1:]
+        hub.scope.cancel()
+        await wait_until(lambda: all(hub.node.peer_id not in p.transport.connected_peers() for p in rest))
+        # Peers left below the target find new neighbours from their books; nobody is cut off.
+        await wait_until(lambda: all(p.degree() >= target for p in rest), timeout=20)
+        env = await rest[0].node.publish(TOPIC_TX, "tx", {"after": "hub"})
+        await wait_until(lambda: all(env.msg_id in p.node.seen for p in rest), timeout=10)
+        assert all(p.node.stats()["recovered_by_sync"] == 0 for p in rest)  # gossip alone did it
 
 
 async def test_with_fewer_peers_than_the_target_everyone_links_to_everyone() -> None:

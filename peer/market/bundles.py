@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from compute import canonical
+from compute.determinism import tensors_hash
 from compute.errors import ComputeError
 from compute.executor import InferenceResult, batch_root
 from compute.jobs import InferenceSpec, JobSpec
 from compute.models import Model, decode_weights
 from compute.trace import CheckpointTrace
-from compute.determinism import tensors_hash
 from gossip.envelope import unpackb
 from gossip.errors import GossipError
 from peer.market.errors import MarketError, ResultMismatch
@@ -101,7 +101,9 @@ def inference_bundle(job_id: str, result: InferenceResult) -> tuple[bytes, Resul
     assert result.root is not None, "a job's result is a full run"
     trace = {"batch_hashes": list(result.batch_hashes), "root": result.root}
     data = _bundle(job_id, "inference", result.outputs, trace)
-    return data, Result(job_id, "inference", result.outputs, trace, result.outputs_hash, result.root, len(data))
+    return data, Result(
+        job_id, "inference", result.outputs, trace, result.outputs_hash, result.root, len(data)
+    )
 
 
 def training_bundle(job_id: str, weights: bytes, trace: CheckpointTrace) -> tuple[bytes, Result]:

@@ -11,13 +11,14 @@ next committed state (`wait_above`) instead of polling the ledger themselves.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from ledger import jobs as ledger_jobs
 from ledger import models as ledger_models
 from ledger.errors import LedgerError, UnknownJob, UnknownModel
+from ledger.records_disputes import game_held
 from ledger.state import (
     BONDED_STATUSES,
     ESCROW_STATUSES,
@@ -26,10 +27,8 @@ from ledger.state import (
     total_bonded,
     total_supply,
 )
+from peer.ledger_service import CommitTimeout, LedgerService
 from peer.market.errors import TxFailed, Unavailable
-
-if TYPE_CHECKING:
-    from peer.ledger_service import LedgerService
 
 WATCH_INTERVAL_S = 0.05
 DEFAULT_TX_TIMEOUT_S = 60.0
@@ -51,22 +50,35 @@ class MarketLedger:
     def height(self) -> int:
         return int(self.service.node.height)
 
-    async def send(self, tx_type: str, body: dict[str, Any], *, timeout: float = DEFAULT_TX_TIMEOUT_S) -> dict[str, Any]:
+    async def send(
+        self, tx_type: str, body: dict[str, Any], *, timeout: float = DEFAULT_TX_TIMEOUT_S
+    ) -> dict[str, Any]:
         """Sign, submit and wait for the commit; returns the API's result dict (with "nonce", "height").
 
         Raises TxFailed when the ledger refuses the tx or it commits as failed, Unavailable on timeout.
         """
-        from peer.ledger_service import CommitTimeout  # the daemon's module: imported late, as the daemon is
+        return await self.committed(tx_type, await self.post(tx_type, body), timeout=timeout)
 
+    async def post(self, tx_type: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Sign and submit without waiting: {"tx_hash", "nonce", "fee"}. Raises TxFailed when refused."""
         try:
-            result = await self.service.submit_own(tx_type, body, None, wait=True, timeout=timeout)
-        except CommitTimeout as e:
-            raise Unavailable(str(e), code="commit_timeout") from None
+            return await self.service.submit_own(
+                tx_type, body, None, wait=False, timeout=DEFAULT_TX_TIMEOUT_S
+            )
         except LedgerError as e:
             raise TxFailed(f"{tx_type} refused: {e}", code=e.code) from None
-        if not result.get("ok", False):
-            raise TxFailed(f"{tx_type} failed: {result.get('message')}", code=str(result.get("code")))
-        return result
+
+    async def committed(
+        self, tx_type: str, posted: dict[str, Any], *, timeout: float = DEFAULT_TX_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """Wait for a posted tx's commit; `posted` plus "height". Raises TxFailed, Unavailable."""
+        try:
+            height, _, receipt = await self.service.node.wait_committed(posted["tx_hash"], timeout)
+        except trio.TooSlowError:
+            raise Unavailable(str(CommitTimeout(posted["tx_hash"], timeout)), code="commit_timeout") from None
+        if not receipt.ok:
+            raise TxFailed(f"{tx_type} failed: {receipt.message}", code=receipt.code)
+        return {**posted, "height": height, "ok": True}
 
     def job(self, job_id: str, state: State | None = None) -> dict[str, Any] | None:
         try:
@@ -107,6 +119,7 @@ def supply(state: State) -> dict[str, Any]:
         "bid_bonds": sum(b.bond for b in state.bids.values()),
         "verifier_pool": state.verifier_pool,
         "treasury": state.treasury,
+        "games": game_held(state),
         "market_held": market_held(state),
         "total": total_supply(state),
         "accounts": {a: {"balance": x.balance, "nonce": x.nonce} for a, x in sorted(state.accounts.items())},

@@ -70,21 +70,25 @@ def read_model(spec: Any, weights_path: str) -> Model:
     except OSError as e:
         raise BadRequest(f"cannot read the weights file {path}: {e.strerror or e}") from None
     if not isinstance(spec, dict):
-        raise BadRequest("the model spec must be a JSON object such as {\"arch\": \"mlp\", ...}")
+        raise BadRequest('the model spec must be a JSON object such as {"arch": "mlp", ...}')
     try:
         return Model.create(spec, weights)
     except ComputeError as e:
         raise BadRequest(f"{path} does not hold a model of that spec: {e}", code="bad_model") from None
 
 
-async def register_model(market: MarketService, spec: Any, weights_path: str, royalty_bps: int) -> dict[str, Any]:
+async def register_model(
+    market: MarketService, spec: Any, weights_path: str, royalty_bps: int
+) -> dict[str, Any]:
     """Register a model on the ledger and serve its bundle (see the module docstring)."""
     model = await market.in_thread(read_model, spec, weights_path)
     ledger = market.ledger
     existing = ledger.model(model.hash)
     if existing is not None and existing["owner"] != ledger.address:
         raise MarketError(
-            f"model {model.hash} is already registered by {existing['owner']}", code="model_exists", status=409
+            f"model {model.hash} is already registered by {existing['owner']}",
+            code="model_exists",
+            status=409,
         )
     registered_role = None
     if not ledger.has_role("model_owner"):
@@ -126,7 +130,9 @@ async def model_blob_for_job(market: MarketService, model_hash: str) -> tuple[st
         )
     entry = market.models.get(model_hash)
     candidates = [entry["blob"]] if entry else []
-    candidates += [note.blob for _, note in market.book.model_sources(model_hash) if note.blob not in candidates]
+    candidates += [
+        note.blob for _, note in market.book.model_sources(model_hash) if note.blob not in candidates
+    ]
     if not candidates:
         raise Unavailable(
             f"model {model_hash} is registered but no peer has announced its weights yet; "
@@ -156,4 +162,3 @@ def list_models(market: MarketService) -> list[dict[str, Any]]:
             }
         )
     return rows
-

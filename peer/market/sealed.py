@@ -101,6 +101,10 @@ def open_sealed(private: X25519PrivateKey, sealed: bytes, context: bytes) -> byt
     recipient = public_bytes(private)
     key = _aead_key(_exchange(private, ephemeral_public), ephemeral_public, recipient)
     try:
-        return ChaCha20Poly1305(key).decrypt(nonce, bytes(sealed[HEADER_BYTES:]), sealed[:HEADER_BYTES] + context)
+        return ChaCha20Poly1305(key).decrypt(
+            nonce, bytes(sealed[HEADER_BYTES:]), sealed[:HEADER_BYTES] + context
+        )
     except InvalidTag:
-        raise SealError("the sealed input does not open with this key (wrong recipient or tampered)") from None
+        raise SealError(
+            "the sealed input does not open with this key (wrong recipient or tampered)"
+        ) from None

@@ -45,7 +45,7 @@ from peer.market.book import Book
 from peer.market.bundles import open_model_bundle
 from peer.market.chain import HeightWatch, MarketLedger
 from peer.market.errors import MarketError, Unavailable
-from peer.market.models import ModelIndex
+from peer.market.models import ModelIndex, list_models, register_model
 from peer.market.sealed import public_bytes, x25519_key
 from peer.market.solver import Solver, SolverPolicy
 from peer.market.submitter import Submitter
@@ -191,6 +191,12 @@ class MarketService:
         except BlobError as e:
             raise Unavailable(f"cannot get model {model_hash}: {e}") from None
         return await self.in_thread(open_model_bundle, data, model_hash)
+
+    async def register_model(self, spec: Any, weights_path: str, royalty_bps: int) -> dict[str, Any]:
+        return await register_model(self, spec, weights_path, royalty_bps)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return list_models(self)
 
     def status(self) -> dict[str, Any]:
         stats = self.exchange.stats

@@ -177,7 +177,9 @@ class Solver:
             return
         if not self.market.ledger.has_role("solver"):
             if not self._warned_unregistered:
-                log.info("not bidding: this account is not registered as a solver (hivemesh tx register solver)")
+                log.info(
+                    "not bidding: this account is not registered as a solver (hivemesh tx register solver)"
+                )
                 self._warned_unregistered = True
             return
         if len(self._working) >= self.policy.max_jobs:
@@ -353,4 +355,3 @@ class Solver:
                     if job is None or job.status != "committed":
                         record.mark(job.status if job is not None else "done")
                         return
-

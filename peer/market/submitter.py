@@ -1,0 +1,342 @@
+"""The submitter agent: post jobs, announce them, seal inputs to the winner, fetch and check results.
+
+`submit` (POST /market/jobs) runs in the request's task: it checks the request (registered
+model, well-formed spec that fits the model, bounty within the balance), stores the spec
+blob, sends job_post (the bounty goes into escrow) and hands the new `SubmittedJob` to the
+actor task (`run`), which owns the table of jobs and starts one follow task per job; from
+then on only that task writes the job's record.
+
+A follow task, on every committed state: re-announces the job (every REANNOUNCE_S) until it
+settles; once the ledger assigns it, seals the private input (if any) to the winner's X25519
+key, stores that envelope as a blob and announces it; once the solver commits, fetches the
+result blob from the solver and checks it against the commitment (bundles.check_result). The
+ledger itself finalizes the job (or refunds it) in end_block; the record notes the height and
+time of each status.
+
+What the API shows of a job (`view`) is the ledger's record plus the phase the CLI renders
+(posted -> bidding -> assigned -> running -> committed -> finalized, or expired / missed /
+cancelled / reversed), the solver's last progress report and this peer's own record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from compute.jobs import JobSpec
+from gossip.blobs import BlobError
+from ledger.jobs import job_id_for, jobs_by_status
+from peer.market import wire
+from peer.market.bundles import check_result
+from peer.market.errors import BadRequest, MarketError, NotFound, Unavailable
+from peer.market.models import model_blob_for_job
+from peer.market.sealed import seal
+from peer.market.specs import build_spec
+
+if TYPE_CHECKING:
+    from peer.market.service import MarketService
+
+log = structlog.get_logger(__name__)
+
+FINAL = frozenset({"finalized", "expired", "missed", "cancelled", "reversed"})
+DEFAULT_BID_WINDOW = 3
+DEFAULT_DEADLINE = 100
+RESULT_ATTEMPTS = 10
+RESULT_RETRY_S = 2.0
+RESULT_WAIT_S = 300.0  # how long a settled job's follow task may still wait for the result
+_REQUEST_FIELDS = {
+    "model_hash",
+    "kind",
+    "bounty",
+    "spec",
+    "inputs_path",
+    "dataset_path",
+    "bid_window_blocks",
+    "deadline_blocks",
+    "challenge_window_blocks",
+    "requirements",
+}
+NO_RESULT = {
+    "open": "it is not assigned yet",
+    "assigned": "its solver has not committed a result yet",
+    "expired": "no solver bid before the bid window closed (the bounty was refunded)",
+    "missed": "its solver missed the deadline (the bounty was refunded, the solver's bond slashed)",
+    "cancelled": "it was cancelled",
+    "reversed": "its result was overturned in a dispute",
+}
+
+
+@dataclass
+class SubmittedJob:
+    """A job this peer posted; written only by its follow task once tracked."""
+
+    job_id: str
+    note: wire.JobNote
+    spec: JobSpec
+    private: bytes | None = field(repr=False)
+    input_blob: str = ""
+    result_blob: str = ""
+    verified: bool = False
+    error: str = ""
+    heights: dict[str, int] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_wire(),
+            "input_blob": self.input_blob,
+            "result_blob": self.result_blob,
+            "verified": self.verified,
+            "error": self.error,
+            "heights": dict(self.heights),
+            "times": dict(self.times),
+        }
+
+
+@dataclass(frozen=True)
+class _Track:
+    job: SubmittedJob
+    reply: trio.MemorySendChannel[None]
+
+
+def phase(job: dict[str, Any], progress: wire.ProgressNote | None) -> str:
+    status = str(job["status"])
+    if status == "open":
+        return "bidding" if job["bids"] else "posted"
+    if status == "assigned":
+        return "running" if progress is not None and progress.done > 0 else "assigned"
+    return status
+
+
+def _int(req: dict[str, Any], name: str, default: int | None = None) -> int:
+    value = req.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest(f"{name!r} must be a non-negative integer, got {value!r}")
+    return value
+
+
+class Submitter:
+    """The submitter actor of one peer."""
+
+    def __init__(self, market: MarketService) -> None:
+        self.market = market
+        self.jobs: dict[str, SubmittedJob] = {}  # owned by `run`
+        self._send, self._inbox = trio.open_memory_channel[_Track](64)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            async for track in self._inbox:
+                self.jobs[track.job.job_id] = track.job
+                nursery.start_soon(self._follow, track.job)
+                track.reply.send_nowait(None)
+
+    # ---- posting ------------------------------------------------------------------------------
+
+    async def submit(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Post a job (see the module docstring); returns its view. Raises MarketError."""
+        unknown = sorted(set(req) - _REQUEST_FIELDS)
+        if unknown:
+            raise BadRequest(f"unknown field(s) {unknown}; allowed: {sorted(_REQUEST_FIELDS)}")
+        market, ledger = self.market, self.market.ledger
+        model_hash, kind = req.get("model_hash"), req.get("kind")
+        if not isinstance(model_hash, str) or not isinstance(kind, str):
+            raise BadRequest("'model_hash' and 'kind' are required strings")
+        bounty = _int(req, "bounty")
+        params = ledger.state.params
+        if bounty == 0:
+            raise BadRequest("the bounty must be positive")
+        balance = ledger.balance()
+        if bounty + params.min_fee > balance:
+            raise BadRequest(
+                f"bounty {bounty} is over the balance {balance} of {ledger.address} "
+                f"(posting also costs a fee of {params.min_fee})",
+                code="insufficient_balance",
+            )
+        body = {
+            "bid_window_blocks": _int(req, "bid_window_blocks", DEFAULT_BID_WINDOW),
+            "deadline_blocks": _int(req, "deadline_blocks", DEFAULT_DEADLINE),
+            "challenge_window_blocks": _int(
+                req, "challenge_window_blocks", params.min_challenge_window_blocks
+            ),
+            "requirements": req.get("requirements") or {},
+        }
+        model_blob, model = await model_blob_for_job(market, model_hash)
+        private = await market.in_thread(_read_file, req.get("inputs_path") or req.get("dataset_path"))
+        spec_params = req.get("spec") or {}
+        if not isinstance(spec_params, dict):
+            raise BadRequest("'spec' must be a JSON object of spec parameters")
+        spec, private = await market.in_thread(build_spec, model, kind, spec_params, private)
+        spec_blob = await market.put_blob(spec.encode())
+        body |= {"spec_hash": spec.hash, "model_hash": model_hash, "kind": kind, "bounty": bounty}
+        posted = await ledger.post("job_post", body)
+        job_id = job_id_for(ledger.chain_id, ledger.address, posted["nonce"])
+        note = wire.JobNote(
+            job_id, spec.hash, spec_blob, model_hash, model_blob, kind, bounty,
+            dict(body["requirements"]), ledger.address, private is not None,
+        )  # fmt: skip
+        await market.publish(note)  # before the commit: solvers get ready while it is included
+        posted = await ledger.committed("job_post", posted)
+        job = SubmittedJob(job_id, note, spec, private, heights={"posted": posted["height"]})
+        job.times["posted"] = time.time()
+        reply_send, reply = trio.open_memory_channel[None](1)
+        await self._send.send(_Track(job, reply_send))
+        await reply.receive()
+        log.info("job posted", job=job_id[:16], kind=kind, bounty=bounty, height=posted["height"])
+        return self.view(job_id)
+
+    # ---- following a job ----------------------------------------------------------------------
+
+    async def _follow(self, job: SubmittedJob) -> None:
+        async with trio.open_nursery() as results:
+            async with trio.open_nursery() as announcing:
+                announcing.start_soon(self._announce, job)
+                await self._track(job, results)
+                announcing.cancel_scope.cancel()
+
+    async def _announce(self, job: SubmittedJob) -> None:
+        while True:
+            await self.market.publish(job.note)
+            record = self.market.ledger.job(job.job_id)
+            if job.input_blob and record is not None and record["status"] == "assigned":
+                await self.market.publish(wire.InputNote(job.job_id, job.input_blob, record["solver"]))
+            await trio.sleep(wire.REANNOUNCE_S)  # pacing: gossip is best effort, so repeat
+
+    async def _track(self, job: SubmittedJob, results: trio.Nursery) -> None:
+        height, fetching = 0, False
+        while True:
+            state = await self.market.watch.wait_above(height)
+            height = state.height
+            record = self.market.ledger.job(job.job_id, state)
+            if record is None:
+                continue  # not in our state yet (cannot happen after our own commit, but be safe)
+            status = record["status"]
+            if record["bids"] and "bidding" not in job.heights:
+                job.heights["bidding"], job.times["bidding"] = height, time.time()
+            if status not in job.heights:
+                job.heights[status], job.times[status] = height, time.time()
+            if status == "assigned" and job.private is not None and not job.input_blob:
+                await self._send_input(job, record)
+            if status in ("committed", "finalized") and not fetching:
+                fetching = True
+                results.start_soon(self._fetch_result, job, record)
+            if status in FINAL:
+                log.info("job settled", job=job.job_id[:16], status=status, height=height)
+                return
+
+    async def _send_input(self, job: SubmittedJob, record: dict[str, Any]) -> None:
+        market = self.market
+        assert job.private is not None
+        key = bytes.fromhex(record["encryption_key"])
+        sealed = await market.in_thread(seal, key, job.private, job.job_id.encode())
+        job.input_blob = await market.put_blob(sealed)
+        job.private = None  # only the sealed form is kept
+        job.times["input_sent"] = time.time()
+        await market.publish(wire.InputNote(job.job_id, job.input_blob, record["solver"]))
+
+    async def _fetch_result(self, job: SubmittedJob, record: dict[str, Any]) -> None:
+        with trio.move_on_after(RESULT_WAIT_S):
+            await self._fetch_and_check(job, record)
+        if not job.verified and not job.error:
+            job.error = "the solver never announced its result blob"
+
+    async def _fetch_and_check(self, job: SubmittedJob, record: dict[str, Any]) -> None:
+        market, solver = self.market, record["solver"]
+        for _ in range(RESULT_ATTEMPTS):
+            try:
+                note = await market.book.wait_for(lambda: market.book.results.get((job.job_id, solver)))
+                data = await market.fetch_blob(note.blob, [solver])
+                result = await market.in_thread(check_result, data, record, job.spec)
+            except BlobError as e:
+                job.error = f"cannot fetch the result: {e}"
+                await trio.sleep(RESULT_RETRY_S)  # pacing between attempts at an unreachable solver
+                continue
+            except MarketError as e:
+                job.error = str(e)  # a dispute would start here
+                log.warning("result check failed", job=job.job_id[:16], error=str(e))
+                return
+            job.result_blob, job.verified, job.error = note.blob, True, ""
+            job.times["verified"] = time.time()
+            log.info("result verified", job=job.job_id[:16], output=result.output_hash[:16])
+            return
+
+    # ---- queries --------------------------------------------------------------------------------
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        """The ledger's record of a job, its phase and progress, and this peer's records of it."""
+        record = self.market.ledger.job(job_id)
+        if record is None:
+            raise NotFound(f"no job {job_id} on this chain (see `hivemesh job list`)", code="unknown_job")
+        progress = self.market.book.progress.get((job_id, record["solver"])) if record["solver"] else None
+        local = self.jobs.get(job_id)
+        work = self.market.solver.records.get(job_id)
+        record["encryption_key"] = record["encryption_key"] or None
+        return {
+            **record,
+            "phase": phase(record, progress),
+            "progress": {"done": progress.done, "total": progress.total} if progress else None,
+            "height": self.market.ledger.height,
+            "submitted_here": local.to_json() if local else None,
+            "solved_here": work.to_json() if work and work.phase not in ("no bid", "lost") else None,
+        }
+
+    def list(self, status: str | None, mine: bool) -> list[dict[str, Any]]:
+        state = self.market.ledger.state
+        me = self.market.ledger.address if mine else None
+        rows = []
+        for job_id in jobs_by_status(state, status, submitter=me):
+            job = state.jobs[job_id]
+            rows.append(
+                {
+                    "job_id": job_id,
+                    "kind": job.kind,
+                    "status": job.status,
+                    "submitter": job.submitter,
+                    "solver": job.solver,
+                    "bounty": job.bounty,
+                    "price": job.price,
+                    "post_height": job.post_height,
+                    "model_hash": job.model_hash,
+                }
+            )
+        return rows
+
+    async def result_output(self, job_id: str) -> bytes:
+        """The output of a job's result (checked against the commitment), fetched if needed."""
+        market = self.market
+        record = market.ledger.job(job_id)
+        if record is None:
+            raise NotFound(f"no job {job_id} on this chain", code="unknown_job")
+        status = record["status"]
+        if status not in ("committed", "finalized", "disputed"):
+            reason = NO_RESULT.get(status, f"it is {status}")
+            raise MarketError(f"job {job_id} has no result: {reason}", code="no_result", status=409)
+        local = self.jobs.get(job_id)
+        spec = local.spec if local is not None else None
+        if local is not None and local.verified:
+            data = await market.read_blob(local.result_blob)
+        else:
+            note = market.book.results.get((job_id, record["solver"]))
+            if note is None:
+                raise Unavailable(f"the solver of job {job_id} has not announced its result blob (yet)")
+            try:
+                data = await market.fetch_blob(note.blob, [record["solver"]])
+            except BlobError as e:
+                raise Unavailable(f"cannot fetch the result of job {job_id}: {e}") from None
+        result = await market.in_thread(check_result, data, record, spec)
+        return result.output
+
+
+def _read_file(path: Any) -> bytes | None:
+    if path is None:
+        return None
+    if not isinstance(path, str):
+        raise BadRequest("file paths must be strings")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise BadRequest(f"cannot read {path}: {e.strerror or e}") from None

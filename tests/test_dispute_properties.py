@@ -1,0 +1,144 @@
+"""Property tests of the dispute game.
+
+1. Bisection finds the first divergence: for any trace length n in 2..4096, any first divergent
+   checkpoint d of a cheating solver and any claimed index c >= d, honest play from the true
+   traces ends with the referee interval exactly (d - 1, d], in at most ceil(log2(c)) rounds.
+2. Supply is conserved through random games: random kinds, lengths, liars, silences and
+   committee votes, with the ledger invariants (minted == supply + burned among them) checked
+   after every block; every game closes, releases every bond it held and settles its job.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from ledger.disputes import dispute_id_for, max_rounds
+from ledger.jobs import job
+from ledger.records_disputes import Dispute
+from ledger.state import FINAL_STATUSES
+from tests.trust_chain import CHALLENGER, SOLVER, A, Trace, TrustChain, challenger_answer, solver_move
+
+BASE = TrustChain()
+BASE_JOB = BASE.assigned_job()
+BASE_STATE = BASE.state
+INFERENCE_JOB = BASE.assigned_job("inference")
+BASE_STATE_2 = BASE.state  # both jobs assigned, neither committed
+
+
+@st.composite
+def divergences(draw: st.DrawFn) -> tuple[int, int, int]:
+    n = draw(st.integers(2, 4096))
+    d = draw(st.integers(1, n - 1))
+    c = draw(st.integers(d, n - 1))
+    return n, d, c
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(divergences())
+@example((2, 1, 1))
+@example((4096, 1, 4095))
+@example((4096, 4095, 4095))
+@example((4096, 2049, 4095))
+def test_honest_bisection_ends_on_the_first_divergent_step(case: tuple[int, int, int]):
+    n, d, c = case
+    chain = BASE
+    chain.state = BASE_STATE
+    truth, cheat = Trace(n, every=3), Trace(n, diverge=d, every=3)
+    chain.commit(BASE_JOB, cheat.root)
+    chain.ok(
+        CHALLENGER,
+        "dispute_open",
+        {"job_id": BASE_JOB, "bond": 1_000, "claim": {"index": c, "hash": truth.hash_at(c)}},
+    )
+    game = chain.dispute(BASE_JOB)
+    while game.phase in ("reveal", "bisect", "respond"):
+        if game.phase == "respond":
+            chain.ok(CHALLENGER, "dispute_respond", challenger_answer(game, truth))
+        else:
+            chain.ok(SOLVER, "dispute_bisect", solver_move(game, cheat))
+        game = chain.dispute(BASE_JOB)
+    assert (game.phase, game.lo, game.hi) == ("draw", d - 1, d)
+    assert game.hi_hash == cheat.hash_at(d) and game.lo_hash in ("", truth.hash_at(d - 1))
+    assert game.rounds <= max_rounds(c) <= math.ceil(math.log2(n))
+
+
+@dataclass(frozen=True)
+class Plan:
+    inference: bool
+    n: int
+    diverge: int
+    claim: int
+    solver_lies: bool  # else the challenger lies
+    silent_after: int | None  # moves made before the party to move goes silent
+    votes: tuple[str, ...]  # per committee member, by address order: "solver", "challenger", "absent"
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> Plan:
+    n = draw(st.integers(2, 200))
+    diverge = draw(st.integers(1, n - 1))
+    return Plan(
+        inference=draw(st.booleans()),
+        n=n,
+        diverge=diverge,
+        claim=draw(st.integers(diverge, n - 1)),
+        solver_lies=draw(st.booleans()),
+        silent_after=draw(st.none() | st.integers(0, 10)),
+        votes=tuple(
+            draw(st.lists(st.sampled_from(["solver", "challenger", "absent"]), min_size=3, max_size=3))
+        ),
+    )
+
+
+def run_plan(plan: Plan) -> tuple[TrustChain, Dispute]:
+    chain = BASE
+    chain.state = BASE_STATE_2
+    job_id = INFERENCE_JOB if plan.inference else BASE_JOB
+    truth, wrong = Trace(plan.n), Trace(plan.n, diverge=plan.diverge)
+    solver, challenger = (wrong, truth) if plan.solver_lies else (truth, wrong)
+    chain.commit(job_id, solver.root)
+    claim = {"index": plan.claim, "hash": challenger.hash_at(plan.claim)}
+    chain.ok(CHALLENGER, "dispute_open", {"job_id": job_id, "bond": 1_000, "claim": claim})
+    game, moves = chain.dispute(job_id), 0
+    while game.phase in ("reveal", "bisect", "respond"):
+        if plan.silent_after is not None and moves >= plan.silent_after:
+            chain.block()
+        elif game.phase == "respond":
+            chain.ok(CHALLENGER, "dispute_respond", challenger_answer(game, challenger))
+        else:
+            chain.ok(SOLVER, "dispute_bisect", solver_move(game, solver))
+        game, moves = chain.dispute(job_id), moves + 1
+    while game.phase in ("draw", "referee"):
+        if game.phase == "referee" and not game.votes:
+            for (member, _), choice in zip(game.committee, plan.votes, strict=False):
+                if choice != "absent":
+                    body = {"dispute_id": dispute_id_for(job_id), "honest": choice}
+                    chain.ok(A.index(member), "dispute_verdict", body)
+        else:
+            chain.block()
+        game = chain.dispute(job_id)
+    return chain, game
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plans())
+def test_random_games_conserve_supply_and_settle_everything(plan: Plan):
+    chain, game = run_plan(plan)  # TrustChain.block checks invariants and supply after every block
+    s = chain.state
+    assert (
+        game.phase == "closed" and game.held() == 0 and game.outcome in ("solver", "challenger", "no_fault")
+    )
+    status = job(s, game.job_id)["status"]
+    assert status in FINAL_STATUSES and job(s, game.job_id)["held"] == 0
+    assert status == ("reversed" if game.outcome == "challenger" else "finalized")
+    assert not s.game_timers and not s.reports and not s.audits.get(game.job_id)
+    honest_everywhere = plan.silent_after is None and "absent" not in plan.votes
+    if honest_everywhere and game.reason == "referee" and len(set(plan.votes)) == 1:
+        truthful = "challenger" if plan.solver_lies else "solver"
+        assert game.outcome == (plan.votes[0] if plan.votes[0] else truthful)
+    if plan.silent_after is None and not plan.solver_lies and game.reason != "referee":
+        assert game.outcome == "solver"
