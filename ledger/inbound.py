@@ -5,10 +5,13 @@ is forwarded, against the latest committed state (read-only). Verdicts follow th
 rules: REJECT only what no honest peer would relay (it penalises the forwarder), IGNORE what
 is merely useless to us now.
 
-TOPIC_TX, kind "tx", body = tx wire bytes:
-  REJECT  malformed or non-canonical bytes, another chain, a signature that does not verify.
-  IGNORE  unknown sender, a nonce below the sender's account nonce (already used), fee below
-          the minimum. Anything else is accepted; the mempool decides on admission.
+TOPIC_TX, kind "tx", body = tx wire bytes; or kind "txs", body = a list of up to
+MAX_BATCH_TXS of them (txs travel in batches: py-libp2p spends milliseconds per message
+per hop, so one message per tx lets a burst of txs starve consensus):
+  REJECT  any tx malformed or non-canonical, for another chain, or badly signed.
+  IGNORE  no tx that could still apply: unknown sender, a nonce below the sender's account
+          nonce (already used), a fee below the minimum. Otherwise accepted; the mempool
+          decides on each tx's admission.
 
 TOPIC_CONSENSUS, kind "consensus", body = Proposal.to_wire() or Vote.to_wire():
   REJECT  malformed, a signer outside the validator set of the message's height, a bad
@@ -48,6 +51,8 @@ from ledger.state import State, validator_set_at
 from ledger.tx import decode_tx, verify_tx
 
 KIND_TX = "tx"
+KIND_TXS = "txs"
+MAX_BATCH_TXS = 1024
 KIND_CONSENSUS = "consensus"
 KIND_EVIDENCE = "evidence"
 HEIGHTS_AHEAD = 2  # the validator set of state.height + 2 is already fixed by the state
@@ -89,24 +94,41 @@ class SignatureCache:
         return True
 
 
+def txs_of(envelope: Envelope) -> list[bytes]:
+    """The tx bytes an envelope carries (kind "tx": one, kind "txs": a batch). Raises ValueError."""
+    body = envelope.body
+    if envelope.kind == KIND_TX and isinstance(body, bytes):
+        return [body]
+    if (
+        envelope.kind == KIND_TXS
+        and isinstance(body, list)
+        and 0 < len(body) <= MAX_BATCH_TXS
+        and all(isinstance(tx, bytes) for tx in body)
+    ):
+        return body
+    raise ValueError(f"not a tx envelope: kind {envelope.kind!r} with a {type(body).__name__} body")
+
+
 def check_tx_envelope(envelope: Envelope, state: State) -> Checked:
-    """Verdict on a gossiped transaction (see the module docstring)."""
-    if envelope.kind != KIND_TX or not isinstance(envelope.body, bytes):
-        return Checked(Verdict.REJECT, f"not a tx envelope (kind {envelope.kind!r})")
+    """Verdict on gossiped txs (see the module docstring); a batch is judged as a whole."""
     try:
-        stx = decode_tx(envelope.body)
-        if stx.tx.chain_id != state.chain_id:
-            return Checked(Verdict.REJECT, f"tx for chain {stx.tx.chain_id!r}")
-        verify_tx(stx)
-    except (InvalidTx, BadSignature) as e:
-        return Checked(Verdict.REJECT, f"bad tx: {e}")
-    acct = state.accounts.get(stx.sender_address)
-    if acct is None:
-        return Checked(Verdict.IGNORE, f"unknown sender {stx.sender_address}")
-    if stx.tx.nonce < acct.nonce:
-        return Checked(Verdict.IGNORE, f"stale nonce {stx.tx.nonce} < {acct.nonce}")
-    if stx.tx.fee < state.params.min_fee:
-        return Checked(Verdict.IGNORE, f"fee {stx.tx.fee} below {state.params.min_fee}")
+        raws = txs_of(envelope)
+    except ValueError as e:
+        return Checked(Verdict.REJECT, str(e))
+    useful = 0
+    for i, raw in enumerate(raws):
+        try:
+            stx = decode_tx(raw)
+            if stx.tx.chain_id != state.chain_id:
+                return Checked(Verdict.REJECT, f"tx #{i} is for chain {stx.tx.chain_id!r}")
+            verify_tx(stx)
+        except (InvalidTx, BadSignature) as e:
+            return Checked(Verdict.REJECT, f"bad tx #{i}: {e}")
+        acct = state.accounts.get(stx.sender_address)
+        if acct is not None and stx.tx.nonce >= acct.nonce and stx.tx.fee >= state.params.min_fee:
+            useful += 1
+    if not useful:
+        return Checked(Verdict.IGNORE, "no tx that could still apply (unknown sender, used nonce or low fee)")
     return ACCEPTED
 
 

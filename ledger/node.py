@@ -13,10 +13,11 @@ one block-sync round against the connected peers, then join consensus. From then
 sync runs on hints (messages for heights above ours) and on a slow random poll, so a peer
 that was stopped, frozen or partitioned catches up by itself. A LedgerNode serves once.
 
-Gossip: TOPIC_TX carries tx bytes and TOPIC_CONSENSUS proposals, votes and evidence;
-`ledger.inbound` validates both before anything is forwarded. Block sync and the queries
-(`block`, `block_info`, `tx_location`) read committed data through a second connection to
-the store's file that is only ever read, so they never touch the writer the owner uses.
+Gossip: TOPIC_TX carries txs (in batches, ledger.txgossip) and TOPIC_CONSENSUS proposals,
+votes and evidence; `ledger.inbound` validates both before anything is forwarded. Block
+sync and the queries (`block`, `block_info`, `tx_location`) read committed data through a
+second connection to the store's file that is only ever read, so they never touch the
+writer the owner uses.
 
 Error handling: hostile input is refused by the validators or the core and its sender is
 penalised; `submit` raises the mempool's typed LedgerError; `wait_committed` raises
@@ -35,7 +36,6 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from gossip.envelope import Envelope
-from gossip.errors import GossipError
 from gossip.identity import Identity
 from gossip.node import GossipNode
 from gossip.topics import TOPIC_CONSENSUS, TOPIC_TX
@@ -48,22 +48,24 @@ from ledger.driver import ConsensusDriver, Head, HeightDue, wall_clock_ms
 from ledger.errors import CorruptStore, LedgerError
 from ledger.genesis import Genesis, genesis_state
 from ledger.inbound import (
-    KIND_TX,
     SignatureCache,
     check_consensus_envelope,
     check_tx_envelope,
     parse_consensus,
+    txs_of,
 )
 from ledger.inbox import Gossiped, Join, Placed, Submit, SyncDone, Synced, Watch, answer
 from ledger.mempool import Mempool
 from ledger.metrics import LedgerMetrics
 from ledger.state import State, app_hash, validator_set_at
 from ledger.store import LedgerStore
+from ledger.txgossip import TxBatcher
 
 log = structlog.get_logger(__name__)
 
 INBOX_SIZE = 1024
 RECENT_TXS = 20_000  # placements of recently committed txs kept in memory for wait_committed
+_PEER_POLL = 0.05
 
 
 class LedgerNode:
@@ -79,6 +81,8 @@ class LedgerNode:
         max_block_txs: most txs in a block we propose.
         empty_block_interval: seconds an idle chain waits before an empty block.
         sync_interval: seconds between block-sync polls of random peers.
+        peer_wait: at start, how long to wait for a first connected peer to sync from before
+            joining consensus alone (a lone validator, or a peer whose bootstrap is down).
         clock_ms: wall clock for block times (tests inject skew).
     """
 
@@ -94,6 +98,7 @@ class LedgerNode:
         max_block_txs: int = 5000,
         empty_block_interval: float = 1.0,
         sync_interval: float = 2.0,
+        peer_wait: float = 2.0,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         if gossip.peer_id != identity.peer_id:
@@ -105,6 +110,7 @@ class LedgerNode:
             registry if registry is not None else CollectorRegistry(), self._mempool_size
         )
         self._config = (timeouts, max_block_txs, empty_block_interval, clock_ms)
+        self._peer_wait = peer_wait
         genesis_head = genesis_state(genesis)
         self._head0 = Head(genesis_head, app_hash(genesis_head), ZERO_HASH)
         self.driver: ConsensusDriver | None = None
@@ -119,6 +125,7 @@ class LedgerNode:
         self._reader: LedgerStore | None = LedgerStore(store.path)
         self._server = BlockServer(self._reader, self._tip, gossip.penalize, gossip.scores.is_banned)
         gossip.rpc.set_handler(BLOCKS_PROTOCOL, self._server.handle, max_request=MAX_REQUEST_BYTES)
+        self._batcher = TxBatcher(gossip)
         self.sync = BlockSync(
             gossip,
             height=lambda: self.height,
@@ -154,8 +161,12 @@ class LedgerNode:
                 nursery.start_soon(self._owner)
                 nursery.start_soon(self._pump, TOPIC_TX, self._tx_channel)
                 nursery.start_soon(self._pump, TOPIC_CONSENSUS, self._consensus_channel)
+                nursery.start_soon(self._batcher.run)
                 self._ready = True
                 task_status.started()
+                with trio.move_on_after(self._peer_wait):
+                    while not self.gossip.transport.connected_peers():
+                        await trio.sleep(_PEER_POLL)
                 await self.sync.sync_round()  # catch up before we sign anything
                 await self._inbox_send.send(Join())
                 nursery.start_soon(self.sync.run)
@@ -166,7 +177,7 @@ class LedgerNode:
                 self._reader = None
 
     async def submit(self, tx: bytes) -> str:
-        """Admit tx to our mempool and gossip it; returns its hash (hex).
+        """Admit tx to our mempool and queue it for gossip (batched); returns its hash (hex).
 
         Raises:
             LedgerError: the mempool refused it (InvalidTx, DuplicateTx, BadNonce, ...).
@@ -178,10 +189,7 @@ class LedgerNode:
         result = await reply_recv.receive()
         if isinstance(result, LedgerError):
             raise result
-        try:
-            await self.gossip.publish(TOPIC_TX, KIND_TX, bytes(tx))
-        except GossipError as e:  # still in our mempool: we propose it ourselves in time
-            log.info("tx gossip failed", tx=result.hex()[:16], error=str(e))
+        await self._batcher.add(bytes(tx))
         return result.hex()
 
     async def wait_committed(self, tx_hash: str, timeout: float) -> tuple[int, int, Receipt]:
@@ -323,12 +331,15 @@ class LedgerNode:
 
     async def _on_gossip(self, driver: ConsensusDriver, topic: str, envelope: Envelope) -> None:
         if topic == TOPIC_TX:
-            try:
-                self.mempool.add(envelope.body, driver.head.state)
-            except LedgerError as e:
-                log.debug("gossiped tx not admitted", reason=str(e))
-                return
-            await driver.maybe_start()
+            admitted = 0
+            for raw in txs_of(envelope):  # validated already: well-formed and signed
+                try:
+                    self.mempool.add(raw, driver.head.state)
+                    admitted += 1
+                except LedgerError as e:
+                    log.debug("gossiped tx not admitted", reason=str(e))
+            if admitted:
+                await driver.maybe_start()
             return
         try:
             msg = parse_consensus(envelope)

@@ -183,6 +183,8 @@ class Peer:
             ledger=ledger,
             data_dir=data_dir,
             policy=policy,
+            own_addrs=self.exchange.own_addrs,
+            known_addrs=self.exchange.book.addrs,
         )
 
     @contextmanager

@@ -22,6 +22,7 @@ from ledger.block import ZERO_HASH, build_block
 from ledger.blocksync import BLOCKS_PROTOCOL, BlockServer, SyncRejected, encode_commit, verify_synced
 from ledger.consensus import Commit, Proposal, Vote, VoteType, decode_message
 from ledger.driver import wall_clock_ms
+from ledger.errors import BadNonce, DuplicateTx
 from ledger.genesis import Genesis, GenesisValidator, genesis_state
 from ledger.params import Params
 from ledger.proposers import ProposerSchedule
@@ -58,11 +59,13 @@ async def test_validators_and_observer_commit_transfers_identically(tmp_path: Pa
     async with ledger_cluster(tmp_path) as cluster:
         peers = await cluster.start_all()
         hashes = await submit_transfers(cluster, 12)
-        stale = sign_tx(cluster.users[0], "transfer", {"to": cluster.users[1].peer_id, "amount": 1}, nonce=0, fee=1, chain_id=CHAIN)
+        user, to = cluster.users[0], cluster.users[1].peer_id
+        again = sign_tx(user, "transfer", {"to": to, "amount": 7}, nonce=0, fee=1, chain_id=CHAIN)
         with pytest.raises(DuplicateTx):
-            await peers[0].node.submit(stale.encoded)  # the same bytes as the first transfer
+            await peers[0].node.submit(again.encoded)  # the very bytes of the first transfer
+        gap = sign_tx(user, "transfer", {"to": to, "amount": 7}, nonce=99, fee=1, chain_id=CHAIN)
         with pytest.raises(BadNonce):
-            await peers[0].node.submit(cluster.transfer(0, cluster.users[1].peer_id, 1 + 10**9) and stale.encoded[:0] or sign_tx(cluster.users[0], "transfer", {"to": cluster.users[1].peer_id, "amount": 2}, nonce=99, fee=1, chain_id=CHAIN).encoded)
+            await peers[0].node.submit(gap.encoded)
         for peer in peers:
             for tx_hash in hashes:
                 height, _, receipt = await peer.node.wait_committed(tx_hash, timeout=20)
@@ -70,7 +73,8 @@ async def test_validators_and_observer_commit_transfers_identically(tmp_path: Pa
         await wait_until(lambda: cluster.converged(at_least=2), timeout=10)
         top = min(cluster.heights())
         assert cluster.same_chain(peers, top)
-        total = sum(p.node.state.accounts[u.peer_id].balance for u in cluster.users for p in peers[:1])
+        state = peers[0].node.state
+        total = sum(state.accounts[u.peer_id].balance for u in cluster.users)
         assert total == 4 * BALANCE - 12  # fees went to proposers (validators), amounts stayed among users
         observer = peers[-1]
         placed = observer.node.tx_location(bytes.fromhex(hashes[0]))
@@ -281,6 +285,7 @@ async def test_hostile_gossip_is_rejected_and_penalised(tmp_path: Path) -> None:
         lies: list[tuple[str, str, Any]] = [
             (TOPIC_TX, "tx", b"\x93not a tx"),
             (TOPIC_TX, "tx", forged),
+            (TOPIC_TX, "txs", [good.encoded, forged]),  # one forgery spoils the batch
             (TOPIC_CONSENSUS, "consensus", ["vote", 1, height, 0, None, "x", b"short"]),
             (
                 TOPIC_CONSENSUS,

@@ -3,7 +3,8 @@
 Every note is kept under (subject, author): a peer can only speak for itself, and the
 consumer asks for the author the ledger names (a job's input from its submitter, its progress
 and result from its assigned solver), so a third peer cannot pre-empt or overwrite them.
-Each table keeps its newest MAX_ENTRIES notes.
+Each table keeps its newest MAX_ENTRIES notes; `addrs` keeps the addresses each author gave
+in its latest note (the validator made sure they name the author), for dialing it later.
 
 Ownership: only the market service's inbox task calls `add`; every other task reads, and waits
 for changes with `wait_for` (the owner swaps a trio.Event on each change, so readers never
@@ -42,10 +43,16 @@ class Book:
         self.inputs: _Table[InputNote] = _Table()
         self.progress: _Table[ProgressNote] = _Table()
         self.results: _Table[ResultNote] = _Table()
+        self.addrs: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # peer -> its own addresses
         self._changed = trio.Event()
 
     def add(self, note: Note, author: str) -> bool:
         """Record a note from `author`; True if it is new or changes what we knew (owner only)."""
+        if note.addrs:
+            self.addrs.pop(author, None)
+            self.addrs[author] = note.addrs
+            while len(self.addrs) > MAX_ENTRIES:
+                self.addrs.popitem(last=False)
         table: _Table[Note]
         match note:
             case ModelNote():

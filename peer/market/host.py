@@ -12,7 +12,7 @@ This module imports nothing heavy, so the daemon can import it unconditionally.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,8 @@ class MarketHost:
 
     Args:
         policy: SolverPolicy fields (enabled, price_bps, min_price, max_jobs).
+        own_addrs: our dialable addresses (announced with every market message).
+        known_addrs: addresses of a peer that peer exchange learned (to dial a blob's holder).
     """
 
     def __init__(
@@ -52,6 +54,8 @@ class MarketHost:
         ledger: LedgerService,
         data_dir: Path,
         policy: dict[str, Any],
+        own_addrs: Callable[[], list[str]],
+        known_addrs: Callable[[str], Sequence[str]],
     ) -> None:
         self._args = {
             "identity": identity,
@@ -59,6 +63,8 @@ class MarketHost:
             "gossip": gossip,
             "ledger": ledger,
             "data_dir": data_dir,
+            "own_addrs": own_addrs,
+            "known_addrs": known_addrs,
         }
         self._policy = policy
         self.service: MarketService | None = None

@@ -20,8 +20,8 @@ recorded on that job and logged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,6 +56,8 @@ R = TypeVar("R")
 EVENTS_SIZE = 4096
 MODEL_REANNOUNCE_S = 30.0
 WORKER_THREADS = 4
+DIAL_ATTEMPTS = 3
+DIAL_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,11 @@ class MarketService:
         ledger: LedgerService,
         data_dir: Path,
         policy: SolverPolicy,
+        own_addrs: Callable[[], list[str]] = list,
+        known_addrs: Callable[[str], Sequence[str]] = lambda peer: (),
     ) -> None:
         self.identity, self.transport, self.gossip = identity, transport, gossip
+        self._own_addrs, self._known_addrs = own_addrs, known_addrs
         self.ledger = MarketLedger(ledger)
         self.watch = HeightWatch(self.ledger)
         self.book = Book()
@@ -146,7 +151,9 @@ class MarketService:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._threads)
 
     async def publish(self, note: wire.Note) -> None:
-        kind, body = wire.encode(note)
+        """Gossip a note on the tasks topic with our dialable addresses (best effort: logged on failure)."""
+        own = [a for a in self._own_addrs() if a.endswith(f"/p2p/{self.identity.peer_id}")]
+        kind, body = wire.encode(replace(note, addrs=tuple(own[: wire.MAX_ADDRS])))
         try:
             await self.gossip.publish(TOPIC_TASKS, kind, body)
         except GossipError as e:  # best effort: every announcement is repeated while it matters
@@ -164,10 +171,25 @@ class MarketService:
         Raises BlobError (FetchFailed) when no peer serves it.
         """
         me = self.identity.peer_id
+        if not await self.in_thread(self.store.has, blob_id):
+            connected = set(self.transport.connected_peers())
+            for peer in dict.fromkeys(preferred):
+                if peer != me and peer not in connected:
+                    await self._dial(peer)
         others = sorted(set(self.transport.connected_peers()) - {me})
         peers = list(dict.fromkeys([p for p in preferred if p != me] + others))
         path = await self.exchange.fetch(blob_id, peers)
         return await self.in_thread(path.read_bytes)
+
+    async def _dial(self, peer: str) -> None:
+        """Connect to `peer` through the addresses it announced or peer exchange learned (best effort)."""
+        addrs = [*self.book.addrs.get(peer, ()), *self._known_addrs(peer)]
+        for addr in list(dict.fromkeys(addrs))[:DIAL_ATTEMPTS]:
+            try:
+                if await self.transport.connect(addr, timeout=DIAL_TIMEOUT_S) == peer:
+                    return
+            except GossipError as e:
+                log.debug("market dial failed", peer=peer, addr=addr, error=str(e))
 
     async def load_spec(self, spec_blob: str, job: dict[str, Any]) -> JobSpec:
         """The job's spec from its blob, checked against the ledger's record. Raises MarketError."""

@@ -206,6 +206,7 @@ class Solver:
 
     async def _place_bid(self, note: wire.JobNote, price: int) -> _BidOutcome:
         market = self.market
+        await market.fetch_blob(note.spec_blob, [note.submitter])  # while the job_post is being included
         job, seen_at = market.ledger.job(note.job_id), market.ledger.height
         while job is None and market.ledger.height < seen_at + BID_WAIT_BLOCKS:  # our ledger may lag
             await market.watch.wait_above(market.ledger.height)

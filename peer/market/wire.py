@@ -10,9 +10,13 @@ body is a msgpack map with exactly these fields (hashes and blob ids: 64 lowerca
   market.progress  {job_id, done, total}                   the solver's progress
   market.result    {job_id, blob, size}                    the solver serves the result blob
 
+Every body also carries "addrs": the author's own dialable multiaddrs (ending in /p2p/<author>),
+so a peer that must fetch a blob from it can dial it without being connected already.
+
 The validator (`validate_envelope`) accepts other kinds untouched (operators gossip free-form
-messages there too) and rejects a market message whose body does not fit its schema, or a
-job announced by anyone but its submitter: no honest peer relays those. Who may send an
+messages there too) and rejects a market message whose body does not fit its schema, a job
+announced by anyone but its submitter, or addresses that name another peer: no honest peer
+relays those. Who may send an
 input, progress or result depends on ledger state, so the consumers check that (book.py).
 Publishers re-announce what is still pending every REANNOUNCE_S seconds (gossip is best effort).
 """
@@ -37,6 +41,8 @@ REANNOUNCE_S = 4.0
 MAX_UINT64 = 2**64 - 1
 JOB_KINDS = ("inference", "training")
 REQUIREMENTS = ("max_price", "min_reputation", "min_stake")
+MAX_ADDRS = 8
+MAX_ADDR_LEN = 256
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ARCH = re.compile(r"[a-z0-9_.-]{1,32}")
 
@@ -81,6 +87,14 @@ def _flag(value: Any) -> bool:
     return value
 
 
+def _addrs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_ADDRS:
+        raise WireError(f"addrs must be a list of at most {MAX_ADDRS} multiaddrs")
+    if not all(isinstance(a, str) and 0 < len(a) <= MAX_ADDR_LEN for a in value):
+        raise WireError(f"each address must be a multiaddr string of at most {MAX_ADDR_LEN} characters")
+    return tuple(value)
+
+
 def _requirements(value: Any) -> dict[str, int]:
     if not isinstance(value, dict) or not set(value) <= set(REQUIREMENTS):
         raise WireError(f"requirements must be a map with keys among {REQUIREMENTS}")
@@ -93,6 +107,7 @@ class ModelNote:
     blob: str
     arch: str
     size: int
+    addrs: tuple[str, ...] = ()  # the author's dialable addresses (filled in when published)
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,7 @@ class JobNote:
     requirements: dict[str, int]
     submitter: str
     private_input: bool
+    addrs: tuple[str, ...] = ()  # the author's dialable addresses (filled in when published)
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,7 @@ class InputNote:
     job_id: str
     blob: str
     solver: str
+    addrs: tuple[str, ...] = ()  # the author's dialable addresses (filled in when published)
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,7 @@ class ProgressNote:
     job_id: str
     done: int
     total: int
+    addrs: tuple[str, ...] = ()  # the author's dialable addresses (filled in when published)
 
 
 @dataclass(frozen=True)
@@ -128,12 +146,16 @@ class ResultNote:
     job_id: str
     blob: str
     size: int
+    addrs: tuple[str, ...] = ()  # the author's dialable addresses (filled in when published)
 
 
 Note = ModelNote | JobNote | InputNote | ProgressNote | ResultNote
 
 _SCHEMAS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
-    KIND_MODEL: (ModelNote, {"model_hash": _hash, "blob": _hash, "arch": _arch, "size": _uint}),
+    KIND_MODEL: (
+        ModelNote,
+        {"model_hash": _hash, "blob": _hash, "arch": _arch, "size": _uint, "addrs": _addrs},
+    ),
     KIND_JOB: (
         JobNote,
         {
@@ -147,11 +169,12 @@ _SCHEMAS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "requirements": _requirements,
             "submitter": _peer,
             "private_input": _flag,
+            "addrs": _addrs,
         },
     ),
-    KIND_INPUT: (InputNote, {"job_id": _hash, "blob": _hash, "solver": _peer}),
-    KIND_PROGRESS: (ProgressNote, {"job_id": _hash, "done": _uint, "total": _uint}),
-    KIND_RESULT: (ResultNote, {"job_id": _hash, "blob": _hash, "size": _uint}),
+    KIND_INPUT: (InputNote, {"job_id": _hash, "blob": _hash, "solver": _peer, "addrs": _addrs}),
+    KIND_PROGRESS: (ProgressNote, {"job_id": _hash, "done": _uint, "total": _uint, "addrs": _addrs}),
+    KIND_RESULT: (ResultNote, {"job_id": _hash, "blob": _hash, "size": _uint, "addrs": _addrs}),
 }
 _KIND_OF = {cls: kind for kind, (cls, _) in _SCHEMAS.items()}
 
@@ -170,7 +193,8 @@ def parse(kind: str, body: Any) -> Note:
 
 def encode(note: Note) -> tuple[str, dict[str, Any]]:
     """(kind, body) to publish for a note."""
-    return _KIND_OF[type(note)], {f.name: getattr(note, f.name) for f in fields(note)}
+    body = {f.name: getattr(note, f.name) for f in fields(note)}
+    return _KIND_OF[type(note)], {**body, "addrs": list(note.addrs)}
 
 
 def is_market(envelope: Envelope) -> bool:
@@ -187,4 +211,6 @@ def validate_envelope(envelope: Envelope) -> Verdict:
         return Verdict.REJECT
     if isinstance(note, JobNote) and note.submitter != envelope.author_id:
         return Verdict.REJECT
+    if not all(a.endswith(f"/p2p/{envelope.author_id}") for a in note.addrs):
+        return Verdict.REJECT  # a peer advertises only its own addresses
     return Verdict.ACCEPT

@@ -1,0 +1,184 @@
+"""What the market costs on top of the compute: a ~30 s training job through the market vs run directly.
+
+In one run: (1) the training loop of benchmarks/compute_direct.py (a small causal transformer
+on synthetic tokens, strict mode, sized to take about --seconds) runs directly through
+compute.executor in this process; (2) a local cluster of 4 peer processes starts (all
+validators; peer 0 owns the model, peers 2 and 3 are solvers) and peer 1 submits the same
+spec as a market job. Printed:
+
+- compute ratio: the solver's execution time inside its daemon / the direct run (the cost of
+  running next to gossip, consensus and the API);
+- end-to-end ratio: submit -> result fetched and checked by the submitter / the direct run
+  (adds posting, the bid window, assignment, the commit and the result transfer; the ledger's
+  challenge window comes after and is reported separately);
+- an inference job's submit -> finalized latency minus its compute time, in seconds and in
+  block times (the mean block interval measured on the same chain), and its height span.
+
+    .venv/bin/python benchmarks/market_overhead.py [--seconds 30] [--bid-window 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compute_direct import WORKLOADS  # noqa: E402  (the sibling benchmark's workload)
+
+from compute.datasets import encode_inputs  # noqa: E402
+from compute.executor import run_training  # noqa: E402
+from compute.jobs import OptimizerSpec, TrainingSpec  # noqa: E402
+from compute.models import Model  # noqa: E402
+from peer.client import ApiClient  # noqa: E402
+from peer.cluster import cluster_down, cluster_up  # noqa: E402
+from peer.procs import wait_for  # noqa: E402
+
+ARCH = "transformer"
+TIMEOUT = 600.0
+
+
+def training_spec(model: Model, steps: int) -> TrainingSpec:
+    _, dataset, batch_size = WORKLOADS[ARCH]
+    return TrainingSpec(
+        model.hash,
+        dataset,
+        OptimizerSpec.adam("1e-3"),
+        steps,
+        batch_size,
+        seed=0,
+        checkpoint_every=max(1, steps // 10),
+    )
+
+
+def direct_run(model: Model, seconds: float) -> tuple[int, float, str]:
+    """(steps, wall seconds, trace root) of the direct run sized to about `seconds`."""
+    run_training(training_spec(model, 2), model)  # warm-up: torch's first-call costs
+    probe = 10
+    start = time.perf_counter()
+    run_training(training_spec(model, probe), model)
+    steps = max(1, round(seconds / ((time.perf_counter() - start) / probe)))
+    start = time.perf_counter()
+    _, trace = run_training(training_spec(model, steps), model)
+    return steps, time.perf_counter() - start, trace.root
+
+
+def block_interval(client: ApiClient, count: int = 20) -> float:
+    """Mean seconds between the last `count` blocks."""
+    top = client.ledger_status()["height"]
+    low = max(1, top - count)
+    times = [client.query("block", h)["time_ms"] for h in (low, top)]
+    return (times[1] - times[0]) / 1000 / max(1, top - low)
+
+
+def setup(root: Path, model: Model) -> list[ApiClient]:
+    cluster = cluster_up(root / "cluster", 4, timeout=120)
+    clients = [ApiClient(p.api_url, timeout=TIMEOUT) for p in cluster.peers]
+    wait_for(lambda: all(c.get_json("/market/status")["ready"] for c in clients), 120, "every market")
+    for client in clients[2:]:
+        client.submit("register", {"role": "solver"})
+    (root / "model.safetensors").write_bytes(model.weights)
+    payload = {"spec": model.spec, "weights_path": str(root / "model.safetensors"), "royalty_bps": 500}
+    clients[0].post_json("/market/models", payload)
+    wait_for(lambda: clients[1].get_json("/market/models")[0]["announced_by"], 120, "the model announcement")
+    return clients
+
+
+def market_job(clients: list[ApiClient], request: dict[str, Any], until: str) -> dict[str, Any]:
+    """Submit through peer 1; wait until the submitter's record shows `until`; return timings."""
+    submitter = clients[1]
+    start = time.time()
+    job_id = submitter.post_json("/market/jobs", request)["job_id"]
+
+    def reached() -> dict[str, Any] | None:
+        view = submitter.get_json(f"/market/jobs/{job_id}")
+        if view["phase"] in ("expired", "missed"):
+            raise RuntimeError(f"job {job_id} {view['phase']}")
+        return view if until in view["submitted_here"]["times"] else None
+
+    view = wait_for(reached, TIMEOUT, f"job {job_id} to be {until}", interval=0.05)
+    solver = next(c for c in clients if c.health()["peer_id"] == view["solver"])
+    work = solver.get_json(f"/market/jobs/{job_id}")["solved_here"]
+    return {"start": start, "view": view, "work": work}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="target wall time of the training job")
+    parser.add_argument("--bid-window", type=int, default=2, help="bid window of the market jobs, in blocks")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = parser.parse_args()
+
+    model = Model.init(WORKLOADS[ARCH][0], seed=0)
+    steps, direct_s, direct_root = direct_run(model, args.seconds)
+    spec = training_spec(model, steps).to_wire()
+    train_request = {
+        "model_hash": model.hash,
+        "kind": "training",
+        "bounty": 10_000,
+        "bid_window_blocks": args.bid_window,
+        "deadline_blocks": 10_000,
+        "spec": {
+            k: spec[k] for k in ("dataset", "optimizer", "steps", "batch_size", "seed", "checkpoint_every")
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="hivemesh-bench-") as tmp:
+        root = Path(tmp)
+        try:
+            clients = setup(root, model)
+            train = market_job(clients, train_request, "verified")
+            x = WORKLOADS[ARCH][1].generate().x[:64]
+            (root / "inputs.safetensors").write_bytes(encode_inputs(x))
+            infer_request = {
+                "model_hash": model.hash,
+                "kind": "inference",
+                "bounty": 1_000,
+                "bid_window_blocks": args.bid_window,
+                "inputs_path": str(root / "inputs.safetensors"),
+                "spec": {"batch_size": 16},
+            }
+            infer = market_job(clients, infer_request, "finalized")
+            interval = block_interval(clients[1])
+        finally:
+            cluster_down(root / "cluster")
+
+    t = train["view"]["submitted_here"]["times"]
+    compute_s = train["work"]["times"]["compute_s"]
+    e2e_s = t["verified"] - train["start"]
+    i_view, i_times = infer["view"], infer["view"]["submitted_here"]["times"]
+    i_latency = i_times["finalized"] - infer["start"]
+    i_overhead = i_latency - infer["work"]["times"]["compute_s"]
+    result = {
+        "benchmark": "market_overhead",
+        "arch": ARCH,
+        "steps": steps,
+        "direct_s": round(direct_s, 3),
+        "solver_compute_s": round(compute_s, 3),
+        "compute_ratio": round(compute_s / direct_s, 4),
+        "submit_to_verified_s": round(e2e_s, 3),
+        "end_to_end_ratio": round(e2e_s / direct_s, 4),
+        "trace_root_matches_direct": train["view"]["trace_root"] == direct_root,
+        "training_settled_after_s": round(t["finalized"] - train["start"], 3) if "finalized" in t else None,
+        "block_interval_s": round(interval, 3),
+        "inference_latency_s": round(i_latency, 3),
+        "inference_compute_s": round(infer["work"]["times"]["compute_s"], 3),
+        "inference_overhead_s": round(i_overhead, 3),
+        "inference_overhead_blocks": round(i_overhead / interval, 2),
+        "inference_heights": i_view["closed_height"] - i_view["post_height"],
+        "bid_window_blocks": args.bid_window,
+        "challenge_window_blocks": i_view["challenge_window_blocks"],
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>26}: {value}")
+
+
+if __name__ == "__main__":
+    main()
