@@ -24,3 +24,4 @@ test: install lint
 bench: install
 	$(BIN)/python benchmarks/gossip_latency.py
 	$(BIN)/python benchmarks/blob_throughput.py
+	$(BIN)/python benchmarks/market_overhead.py

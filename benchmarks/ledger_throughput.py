@@ -21,7 +21,7 @@ Every process shares this machine: clients, HTTP, gossip and consensus compete f
 cores, so the numbers say what this machine can do, not what a network of machines can.
 
     .venv/bin/python benchmarks/ledger_throughput.py [--validators 4] [--accounts 1000]
-        [--rate 200] [--seconds 20] [--threads 4] [--batch 20] [--json]
+        [--rate 200] [--seconds 20] [--threads 4] [--batch 20] [--json] [--keep]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import re
+import shutil
 import statistics
 import tempfile
 import threading
@@ -227,6 +228,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         after = scrape(cluster)
     finally:
         cluster_down(root, timeout=10)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
     stats = {"start_at": start_at, "submit_end": submit_end, "cpu": cpu, "before": before, "after": after}
     return report(args, submitted, watcher, sampler, submitters, stats)
 
@@ -301,6 +304,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the cluster directory (peer logs)")
     args = parser.parse_args()
     result = run(args)
     if args.json:

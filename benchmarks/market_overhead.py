@@ -1,18 +1,20 @@
 """What the market costs on top of the compute: a ~30 s training job through the market vs run directly.
 
-In one run: (1) the training loop of benchmarks/compute_direct.py (a small causal transformer
-on synthetic tokens, strict mode, sized to take about --seconds) runs directly through
-compute.executor in this process; (2) a local cluster of 4 peer processes starts (all
-validators; peer 0 owns the model, peers 2 and 3 are solvers) and peer 1 submits the same
-spec as a market job. Printed:
+In one run, with a local cluster of 4 peer processes up (all validators; peer 0 owns the
+model, peers 2 and 3 are solvers): the training loop of benchmarks/compute_direct.py (a
+small causal transformer on synthetic tokens, strict mode, sized to take about --seconds)
+runs directly through compute.executor in this process, then as a market job submitted by
+peer 1, then directly again (the baseline is the mean of both direct runs, so the idle
+cluster's background load is on both sides). Printed:
 
-- compute ratio: the solver's execution time inside its daemon / the direct run (the cost of
-  running next to gossip, consensus and the API);
+- compute ratio: the solver's execution of the job inside its daemon / the direct run, in
+  wall time and in CPU time of the computing thread (the cost of running next to gossip,
+  consensus and the API; CPU time is less sensitive to other load on the machine);
 - end-to-end ratio: submit -> result fetched and checked by the submitter / the direct run
-  (adds posting, the bid window, assignment, the commit and the result transfer; the ledger's
-  challenge window comes after and is reported separately);
+  (adds posting, the bid window, assignment, the commit and the result transfer; the
+  ledger's challenge window comes after and is reported separately);
 - an inference job's submit -> finalized latency minus its compute time, in seconds and in
-  block times (the mean block interval measured on the same chain), and its height span.
+  block times (the mean block interval on the same chain), and its height span.
 
     .venv/bin/python benchmarks/market_overhead.py [--seconds 30] [--bid-window 2] [--json]
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -29,15 +32,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compute_direct import WORKLOADS  # noqa: E402  (the sibling benchmark's workload)
+from compute_direct import WORKLOADS
 
-from compute.datasets import encode_inputs  # noqa: E402
-from compute.executor import run_training  # noqa: E402
-from compute.jobs import OptimizerSpec, TrainingSpec  # noqa: E402
-from compute.models import Model  # noqa: E402
-from peer.client import ApiClient  # noqa: E402
-from peer.cluster import cluster_down, cluster_up  # noqa: E402
-from peer.procs import wait_for  # noqa: E402
+from compute.datasets import encode_inputs
+from compute.executor import run_training
+from compute.jobs import OptimizerSpec, TrainingSpec
+from compute.models import Model
+from peer.client import ApiClient
+from peer.cluster import cluster_down, cluster_up
+from peer.procs import wait_for
 
 ARCH = "transformer"
 TIMEOUT = 600.0
@@ -56,16 +59,20 @@ def training_spec(model: Model, steps: int) -> TrainingSpec:
     )
 
 
-def direct_run(model: Model, seconds: float) -> tuple[int, float, str]:
-    """(steps, wall seconds, trace root) of the direct run sized to about `seconds`."""
-    run_training(training_spec(model, 2), model)  # warm-up: torch's first-call costs
+def size_steps(model: Model, seconds: float) -> int:
+    """Steps that take about `seconds` here (after a warm-up of torch's first-call costs)."""
+    run_training(training_spec(model, 2), model)
     probe = 10
     start = time.perf_counter()
     run_training(training_spec(model, probe), model)
-    steps = max(1, round(seconds / ((time.perf_counter() - start) / probe)))
-    start = time.perf_counter()
+    return max(1, round(seconds / ((time.perf_counter() - start) / probe)))
+
+
+def direct_run(model: Model, steps: int) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds of this thread, trace root) of the job run directly."""
+    wall, cpu = time.perf_counter(), time.thread_time()
     _, trace = run_training(training_spec(model, steps), model)
-    return steps, time.perf_counter() - start, trace.root
+    return time.perf_counter() - wall, time.thread_time() - cpu, trace.root
 
 
 def block_interval(client: ApiClient, count: int = 20) -> float:
@@ -115,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = Model.init(WORKLOADS[ARCH][0], seed=0)
-    steps, direct_s, direct_root = direct_run(model, args.seconds)
+    steps = size_steps(model, args.seconds)
     spec = training_spec(model, steps).to_wire()
     train_request = {
         "model_hash": model.hash,
@@ -131,7 +138,9 @@ def main() -> None:
         root = Path(tmp)
         try:
             clients = setup(root, model)
+            first = direct_run(model, steps)
             train = market_job(clients, train_request, "verified")
+            second = direct_run(model, steps)
             x = WORKLOADS[ARCH][1].generate().x[:64]
             (root / "inputs.safetensors").write_bytes(encode_inputs(x))
             infer_request = {
@@ -147,8 +156,8 @@ def main() -> None:
         finally:
             cluster_down(root / "cluster")
 
-    t = train["view"]["submitted_here"]["times"]
-    compute_s = train["work"]["times"]["compute_s"]
+    direct_s, direct_cpu_s = (first[0] + second[0]) / 2, (first[1] + second[1]) / 2
+    t, work = train["view"]["submitted_here"]["times"], train["work"]["times"]
     e2e_s = t["verified"] - train["start"]
     i_view, i_times = infer["view"], infer["view"]["submitted_here"]["times"]
     i_latency = i_times["finalized"] - infer["start"]
@@ -157,13 +166,15 @@ def main() -> None:
         "benchmark": "market_overhead",
         "arch": ARCH,
         "steps": steps,
-        "direct_s": round(direct_s, 3),
-        "solver_compute_s": round(compute_s, 3),
-        "compute_ratio": round(compute_s / direct_s, 4),
+        "direct_s": [round(first[0], 3), round(second[0], 3)],
+        "direct_cpu_s": [round(first[1], 3), round(second[1], 3)],
+        "solver_compute_s": round(work["compute_s"], 3),
+        "solver_compute_cpu_s": round(work["compute_cpu_s"], 3),
+        "compute_ratio_wall": round(work["compute_s"] / direct_s, 4),
+        "compute_ratio_cpu": round(work["compute_cpu_s"] / direct_cpu_s, 4),
         "submit_to_verified_s": round(e2e_s, 3),
         "end_to_end_ratio": round(e2e_s / direct_s, 4),
-        "trace_root_matches_direct": train["view"]["trace_root"] == direct_root,
-        "training_settled_after_s": round(t["finalized"] - train["start"], 3) if "finalized" in t else None,
+        "trace_roots_match": train["view"]["trace_root"] == first[2] == second[2],
         "block_interval_s": round(interval, 3),
         "inference_latency_s": round(i_latency, 3),
         "inference_compute_s": round(infer["work"]["times"]["compute_s"], 3),
@@ -172,6 +183,8 @@ def main() -> None:
         "inference_heights": i_view["closed_height"] - i_view["post_height"],
         "bid_window_blocks": args.bid_window,
         "challenge_window_blocks": i_view["challenge_window_blocks"],
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
     }
     if args.json:
         print(json.dumps(result))

@@ -84,7 +84,9 @@ from ledger.tx import SignedTx
 
 log = structlog.get_logger(__name__)
 
-MAX_PROPOSAL_BYTES = MAX_GOSSIP_BYTES - 16 * 1024  # a block travels whole inside one proposal envelope
+# A block travels whole inside one proposal envelope. Kept within yamux's initial 256 KiB
+# stream window: py-libp2p mishandles big messages under load (notes/libp2p-measurements.md).
+MAX_PROPOSAL_BYTES = 60 * 1024
 MAX_EVIDENCE_PER_BLOCK = 8
 MAX_PENDING_EVIDENCE = 256
 MAX_CLOCK_SKEW_MS = 10_000  # a proposed block may be this far ahead of our wall clock

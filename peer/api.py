@@ -7,9 +7,10 @@ Endpoints (JSON unless noted; errors are `{"error": "..."}` with a 4xx code):
   GET  /metrics                         Prometheus text of this peer's registry
   POST /gossip/publish                  {"topic": "tasks", "body": <json>, "kind"?: str} -> {"msg_id": hex}
   GET  /gossip/received?topic=&since=N  envelopes received on a topic after index N
-Ledger endpoints (POST /tx, /query/..., GET /ledger/status) come from `peer.ledger_api`, added
-as extra routes; a route ending in "/" matches every path under it (the handler reads the
-rest). Errors are `{"error": "...", "code": "..."}` where a ledger error code applies.
+Ledger endpoints (POST /tx, /query/..., GET /ledger/status) come from `peer.ledger_api` and
+market endpoints (/market/...) from `peer.market.api`, added as extra routes; a route ending
+in "/" matches every path under it (the handler reads the rest). Errors are
+`{"error": "...", "code": "..."}` where a ledger or market error code applies.
 It listens on loopback by default and has no authentication; it reads the peer through the
 small `PeerView` interface, so it never touches the peer's state directly.
 """

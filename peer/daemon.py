@@ -3,7 +3,9 @@
 `Peer.serve` starts, in order, the libp2p transport, the gossip node, the bootstrap dialer,
 peer exchange, one drain task per application gossip topic (tasks, votes: feeding the received
 log), the ledger when the home has a genesis (a `LedgerNode` over `<home>/data/ledger.sqlite`;
-it owns the tx and consensus topics) and the local HTTP API, then reports a `RunInfo`.
+it owns the tx and consensus topics) with the compute market (`peer.market`: it drains the
+tasks topic into the log, loads torch off the event loop, serves blobs from
+`<home>/data/blobs`) and the local HTTP API, then reports a `RunInfo`.
 `run_daemon` adds what a process needs around it (the CLI has already validated the config
 and loaded the key; it reads the home's genesis.json here): logging, the home lock,
 run.json, the start-up banner, and SIGINT/SIGTERM handling (first signal: cancel the root

@@ -74,7 +74,7 @@ class Plan:
     claim: int
     solver_lies: bool  # else the challenger lies
     silent_after: int | None  # moves made before the party to move goes silent
-    votes: tuple[str, ...]  # per committee member, by address order: "solver", "challenger", "absent"
+    votes: tuple[str, ...]  # per committee member, by address order: "honest", "liar" or "absent"
 
 
 @st.composite
@@ -88,13 +88,12 @@ def plans(draw: st.DrawFn) -> Plan:
         claim=draw(st.integers(diverge, n - 1)),
         solver_lies=draw(st.booleans()),
         silent_after=draw(st.none() | st.integers(0, 10)),
-        votes=tuple(
-            draw(st.lists(st.sampled_from(["solver", "challenger", "absent"]), min_size=3, max_size=3))
-        ),
+        votes=tuple(draw(st.lists(st.sampled_from(["honest", "liar", "absent"]), min_size=3, max_size=3))),
     )
 
 
-def run_plan(plan: Plan) -> tuple[TrustChain, Dispute]:
+def run_plan(plan: Plan) -> tuple[TrustChain, Dispute, str]:
+    """Play `plan`; returns the chain, the closed game and the party that went silent ("" if none)."""
     chain = BASE
     chain.state = BASE_STATE_2
     job_id = INFERENCE_JOB if plan.inference else BASE_JOB
@@ -103,31 +102,35 @@ def run_plan(plan: Plan) -> tuple[TrustChain, Dispute]:
     chain.commit(job_id, solver.root)
     claim = {"index": plan.claim, "hash": challenger.hash_at(plan.claim)}
     chain.ok(CHALLENGER, "dispute_open", {"job_id": job_id, "bond": 1_000, "claim": claim})
-    game, moves = chain.dispute(job_id), 0
+    game, moves, silent = chain.dispute(job_id), 0, ""
     while game.phase in ("reveal", "bisect", "respond"):
         if plan.silent_after is not None and moves >= plan.silent_after:
+            silent = silent or ("challenger" if game.phase == "respond" else "solver")
             chain.block()
         elif game.phase == "respond":
             chain.ok(CHALLENGER, "dispute_respond", challenger_answer(game, challenger))
         else:
             chain.ok(SOLVER, "dispute_bisect", solver_move(game, solver))
         game, moves = chain.dispute(job_id), moves + 1
+    voted = False
     while game.phase in ("draw", "referee"):
-        if game.phase == "referee" and not game.votes:
+        if game.phase == "referee" and not voted:
+            voted = True
             for (member, _), choice in zip(game.committee, plan.votes, strict=False):
                 if choice != "absent":
-                    body = {"dispute_id": dispute_id_for(job_id), "honest": choice}
+                    honest = "challenger" if plan.solver_lies == (choice == "honest") else "solver"
+                    body = {"dispute_id": dispute_id_for(job_id), "honest": honest}
                     chain.ok(A.index(member), "dispute_verdict", body)
         else:
             chain.block()
         game = chain.dispute(job_id)
-    return chain, game
+    return chain, game, silent
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plans())
 def test_random_games_conserve_supply_and_settle_everything(plan: Plan):
-    chain, game = run_plan(plan)  # TrustChain.block checks invariants and supply after every block
+    chain, game, silent = run_plan(plan)  # TrustChain.block checks invariants and supply after every block
     s = chain.state
     assert (
         game.phase == "closed" and game.held() == 0 and game.outcome in ("solver", "challenger", "no_fault")
@@ -136,9 +139,13 @@ def test_random_games_conserve_supply_and_settle_everything(plan: Plan):
     assert status in FINAL_STATUSES and job(s, game.job_id)["held"] == 0
     assert status == ("reversed" if game.outcome == "challenger" else "finalized")
     assert not s.game_timers and not s.reports and not s.audits.get(game.job_id)
-    honest_everywhere = plan.silent_after is None and "absent" not in plan.votes
-    if honest_everywhere and game.reason == "referee" and len(set(plan.votes)) == 1:
-        truthful = "challenger" if plan.solver_lies else "solver"
-        assert game.outcome == (plan.votes[0] if plan.votes[0] else truthful)
-    if plan.silent_after is None and not plan.solver_lies and game.reason != "referee":
-        assert game.outcome == "solver"
+    truthful = "challenger" if plan.solver_lies else "solver"
+    if silent:
+        assert (game.reason, game.outcome) == ("timeout", "challenger" if silent == "solver" else "solver")
+    else:
+        expected = (plan.claim - 1, plan.claim) if plan.inference else (plan.diverge - 1, plan.diverge)
+        assert game.reason == "referee" and (game.lo, game.hi) == expected
+        if plan.votes.count("honest") == 3:
+            assert game.outcome == truthful
+        elif plan.votes.count("absent") == 3:
+            assert game.outcome == "no_fault"

@@ -338,6 +338,16 @@ async def test_idle_chain_waits_the_interval_but_proposes_txs_at_once(
         height, _, receipt = await peers[1].node.wait_committed(tx_hash, timeout=600)
         assert receipt.ok and height == before + 1
         assert trio.current_time() - sent < interval / 2  # the waiting tx did not wait for the interval
+        # A burst travels as a few batches, not one gossip message per tx.
+        published = {"topic": TOPIC_TX}
+        gossiped = peers[2].metric("hivemesh_gossip_published_total", **published)
+        burst = [
+            await peers[2].node.submit(cluster.transfer(2, cluster.users[3].peer_id, 1)) for _ in range(60)
+        ]
+        for peer in peers:
+            for tx_hash in burst:
+                assert (await peer.node.wait_committed(tx_hash, timeout=600))[2].ok
+        assert peers[2].metric("hivemesh_gossip_published_total", **published) - gossiped <= 3
 
 
 async def test_proposer_turns_of_a_stopped_validator_time_out_on_trio_clock(

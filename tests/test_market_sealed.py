@@ -107,6 +107,17 @@ def test_the_tasks_validator_rejects_malformed_market_messages() -> None:
     assert wire.validate_envelope(_envelope(alice, "demo.hello", {"anything": 1})) is Verdict.ACCEPT
 
 
+def test_market_messages_carry_only_their_authors_addresses() -> None:
+    alice, bob = identity("alice"), identity("bob")
+    body = wire.encode(wire.ProgressNote("a" * 64, 1, 2))[1]
+    own = {**body, "addrs": [f"/ip4/127.0.0.1/tcp/4001/p2p/{alice.peer_id}"]}
+    assert wire.validate_envelope(_envelope(alice, "market.progress", own)) is Verdict.ACCEPT
+    other = {**body, "addrs": [f"/ip4/127.0.0.1/tcp/4001/p2p/{bob.peer_id}"]}
+    assert wire.validate_envelope(_envelope(alice, "market.progress", other)) is Verdict.REJECT
+    too_many = {**body, "addrs": own["addrs"] * (wire.MAX_ADDRS + 1)}
+    assert wire.validate_envelope(_envelope(alice, "market.progress", too_many)) is Verdict.REJECT
+
+
 def test_notes_round_trip_through_their_wire_form() -> None:
     notes: list[wire.Note] = [
         wire.ModelNote("a" * 64, "b" * 64, "mlp", 1234),

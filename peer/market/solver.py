@@ -25,6 +25,7 @@ that job's record "failed" and is logged; it never stops the agent.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ import structlog
 import trio
 
 from compute.errors import ComputeError
+from compute.executor import Progress, run_inference, run_training
 from compute.jobs import InferenceSpec, JobSpec
 from compute.models import Model
 from gossip.blobs import BlobError
@@ -314,19 +316,25 @@ class Solver:
     async def _execute(
         self, job_id: str, spec: JobSpec, model: Model, private: bytes | None, record: WorkRecord
     ) -> tuple[bytes, Result]:
+        """Run the job on the Executor (a worker thread); record its wall and CPU time there."""
+
         def progress(done: int, total: int) -> None:
             record.done, record.total = done, total
 
-        started = time.perf_counter()
-        executor, in_thread = self.market.executor, self.market.in_thread
+        def job(cancel: threading.Event, post: Progress) -> tuple[Any, float, float]:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            if isinstance(spec, InferenceSpec):
+                out: Any = run_inference(spec, model, private or b"", progress=post, cancel=cancel)
+            else:
+                out = run_training(spec, model, private, progress=post, cancel=cancel)
+            return out, time.perf_counter() - wall, time.thread_time() - cpu
+
+        out, record.times["compute_s"], record.times["compute_cpu_s"] = await self.market.executor.run(
+            job, progress
+        )
         if isinstance(spec, InferenceSpec):
-            assert private is not None, "inference jobs always have a private input"
-            outputs = await executor.infer(spec, model, private, progress=progress)
-            record.times["compute_s"] = time.perf_counter() - started
-            return await in_thread(inference_bundle, job_id, outputs)
-        weights, trace = await executor.train(spec, model, private, progress=progress)
-        record.times["compute_s"] = time.perf_counter() - started
-        return await in_thread(training_bundle, job_id, weights, trace)
+            return await self.market.in_thread(inference_bundle, job_id, out)
+        return await self.market.in_thread(training_bundle, job_id, *out)
 
     async def _publish_progress(self, record: WorkRecord) -> None:
         sent = (-1, -1)
