@@ -86,7 +86,7 @@ log = structlog.get_logger(__name__)
 
 # A block travels whole inside one proposal envelope. Kept within yamux's initial 256 KiB
 # stream window: py-libp2p mishandles big messages under load (notes/libp2p-measurements.md).
-MAX_PROPOSAL_BYTES = 60 * 1024
+MAX_PROPOSAL_BYTES = min(MAX_GOSSIP_BYTES, 256 * 1024) - 16 * 1024
 MAX_EVIDENCE_PER_BLOCK = 8
 MAX_PENDING_EVIDENCE = 256
 MAX_CLOCK_SKEW_MS = 10_000  # a proposed block may be this far ahead of our wall clock

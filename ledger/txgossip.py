@@ -22,7 +22,7 @@ from ledger.inbound import KIND_TXS, MAX_BATCH_TXS
 
 log = structlog.get_logger(__name__)
 
-MAX_BATCH_BYTES = 16 * 1024  # ~250 transfers: amortises the per-message cost, stays a small message
+MAX_BATCH_BYTES = 64 * 1024  # ~250 transfers: amortises the per-message cost, stays a small message
 QUEUE = 4096
 
 

@@ -140,6 +140,7 @@ class Peer:
             if self.genesis is not None and self.ledger_path is not None:
                 self.ledger = stack.enter_context(self._open_ledger(self.genesis, self.ledger_path))
                 self.market = self._market_host(self.ledger, self.ledger_path.parent)
+                stack.callback(self.market.close)  # after the nursery: nothing serves blobs any more
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.transport.serve)
                 await nursery.start(self.node.serve)

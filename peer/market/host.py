@@ -108,5 +108,10 @@ class MarketHost:
                     except trio.WouldBlock:
                         log.warning("market busy, dropping a message (it will be re-announced)")
 
+    def close(self) -> None:
+        """Release the market's files; call after every task of the peer has finished."""
+        if self.service is not None:
+            self.service.close()
+
     def status(self) -> dict[str, Any]:
         return self.service.status() if self.service is not None else {"ready": False}

@@ -64,7 +64,7 @@ DIAL_TIMEOUT_S = 5.0
 class _RecordModel:
     model_hash: str
     entry: dict[str, Any]
-    reply: trio.MemorySendChannel[None]
+    reply: trio.MemorySendChannel[str]  # "" or why the index could not be written
 
 
 class MarketService:
@@ -100,16 +100,17 @@ class MarketService:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every market task until cancelled; `started()` once messages are being taken."""
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.watch.run)
-                nursery.start_soon(self.solver.run)
-                nursery.start_soon(self.submitter.run)
-                nursery.start_soon(self._reannounce_models)
-                task_status.started()
-                await self._owner()
-        finally:
-            self.store.close()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.watch.run)
+            nursery.start_soon(self.solver.run)
+            nursery.start_soon(self.submitter.run)
+            nursery.start_soon(self._reannounce_models)
+            task_status.started()
+            await self._owner()
+
+    def close(self) -> None:
+        """Close the blob store; only once nothing serves blobs any more (the daemon's nursery is done)."""
+        self.store.close()
 
     async def deliver(self, envelope: Envelope) -> None:
         """A market message from the tasks topic (already validated by wire.validate_envelope)."""
@@ -121,8 +122,12 @@ class MarketService:
                 case Envelope():
                     self._on_envelope(event)
                 case _RecordModel(model_hash=model_hash, entry=entry, reply=reply):
-                    self.models.put(model_hash, entry)
-                    reply.send_nowait(None)
+                    try:
+                        self.models.put(model_hash, entry)
+                    except OSError as e:
+                        reply.send_nowait(f"cannot write the model index {self.models.path}: {e}")
+                    else:
+                        reply.send_nowait("")
 
     def _on_envelope(self, envelope: Envelope) -> None:
         try:
@@ -134,9 +139,11 @@ class MarketService:
 
     async def record_model(self, model_hash: str, entry: dict[str, Any]) -> None:
         """Add a model to the local index (through the owner task) and announce it."""
-        reply_send, reply = trio.open_memory_channel[None](1)
+        reply_send, reply = trio.open_memory_channel[str](1)
         await self._events_send.send(_RecordModel(model_hash, entry, reply_send))
-        await reply.receive()
+        problem = await reply.receive()
+        if problem:
+            raise MarketError(problem, status=500, code="local_storage")
         await self.publish(wire.ModelNote(model_hash, entry["blob"], entry["arch"], entry["size"]))
 
     async def _reannounce_models(self) -> None:

@@ -197,7 +197,7 @@ class Solver:
     async def _bid(self, note: wire.JobNote, price: int) -> None:
         try:
             outcome = await self._place_bid(note, price)
-        except (MarketError, BlobError, ComputeError) as e:
+        except (MarketError, BlobError, ComputeError, OSError) as e:
             outcome = _BidOutcome(note.job_id, error=str(e))
         await self._send.send(outcome)
         if not outcome.error:  # fetch the model while the bid window runs: we may well need it
@@ -274,7 +274,7 @@ class Solver:
                 record.mark("failed")
                 return
             await self._serve(note, record, data, result)
-        except (MarketError, BlobError, ComputeError) as e:
+        except (MarketError, BlobError, ComputeError, OSError) as e:
             record.error = str(e)
             record.mark("failed")
             log.warning("job failed", job=note.job_id[:16], error=str(e))

@@ -219,7 +219,11 @@ class Submitter:
             if status not in job.heights:
                 job.heights[status], job.times[status] = height, time.time()
             if status == "assigned" and job.private is not None and not job.input_blob:
-                await self._send_input(job, record)
+                try:
+                    await self._send_input(job, record)
+                except (MarketError, BlobError, OSError) as e:  # the solver will miss its deadline
+                    job.error = f"cannot send the input to the solver: {e}"
+                    log.warning("input not sent", job=job.job_id[:16], error=str(e))
             if status in ("committed", "finalized") and not fetching:
                 fetching = True
                 results.start_soon(self._fetch_result, job, record)
@@ -250,7 +254,7 @@ class Submitter:
                 note = await market.book.wait_for(lambda: market.book.results.get((job.job_id, solver)))
                 data = await market.fetch_blob(note.blob, [solver])
                 result = await market.in_thread(check_result, data, record, job.spec)
-            except BlobError as e:
+            except (BlobError, OSError) as e:
                 job.error = f"cannot fetch the result: {e}"
                 await trio.sleep(RESULT_RETRY_S)  # pacing between attempts at an unreachable solver
                 continue
