@@ -283,4 +283,13 @@ def apply_decided_block(
         raise InvalidBlock(f"block is for chain {block.chain_id!r}, this chain is {state.chain_id!r}")
     evidence = [decode_evidence(item) for item in block.evidence]
     body: Sequence[bytes | SignedTx] = block.txs if txs is None else txs
-    return apply_block(state, block.height, block.time_ms, block.proposer, body, evidence, verified=verified)
+    return apply_block(
+        state,
+        block.height,
+        block.time_ms,
+        block.proposer,
+        body,
+        evidence,
+        verified=verified,
+        entropy=block.prev_hash,
+    )
