@@ -1,32 +1,29 @@
 """Anti-entropy: periodic pull sync, so a gossip message lost on the way still arrives.
 
 Every round the node picks a random connected peer and tells it, per subscribed topic, a span
-of seconds and the 8-byte id prefixes of *every* envelope it received within that span. The
-peer answers with the envelopes it received within the span (less SYNC_MARGIN, which absorbs
-the difference in arrival times between the two) whose prefix was not listed, bounded in
-count and bytes; whatever is left over comes in a later round. Because the listing is
-complete for its span, the answer never contains what the asker already holds. Only
-durations cross the wire, so the two clocks need not agree. Answers go through the node's
-normal validation path, so forged envelopes cost the server its score exactly as they would
-cost a gossiping peer.
+of seconds and the 8-byte id prefixes of *every* envelope it received within that span (its
+whole recent window). The peer answers with the envelopes it received within the span, less
+SYNC_MARGIN (which absorbs the difference in arrival times between the two), whose prefix was
+not listed, bounded in count and bytes; whatever is left over comes in a later round. Because
+the listing is complete for its span, the answer never holds what the asker already has: if
+a window holds more than MAX_SYNC_IDS ids, the newest are listed and the span shrinks to what
+they cover, instead of inviting the peer to resend the rest every round. Only durations cross
+the wire, so the two clocks need not agree. Answers go through the node's normal validation
+path, so forged envelopes cost the server its score exactly as they would cost a gossiping
+peer.
 
-Cheap at steady state: most rounds are *fresh*, listing only the last FRESH_SPAN seconds, plus
-a digest of the rest: how many envelopes the asker holds in its whole recent window. A peer
-holding more than that within the window (less the margin) certainly has something the
-asker lacks and says so; the asker then runs a *deep* round with it at once, listing its
-whole window. Deep rounds also run first, every DEEP_EVERY-th round, and after a round that
-recovered something or failed. A round that finds nothing doubles the wait before the next,
-up to MAX_BACKOFF times `interval`; anything else resets it. If the ids of a span exceed
-MAX_SYNC_IDS, the newest are listed and the span shrinks to what they cover.
+Cheap at steady state: a round costs a stream (a few ms of CPU in py-libp2p, whatever it
+carries) plus ~1 µs per listed id, so a round that recovers nothing doubles the wait before
+the next, up to MAX_BACKOFF times `interval`; recovering something, failing or having nobody
+to ask resets it.
 
 Wire (msgpack, inside request/response frames):
-  request  {"t": {topic: {"s": span_s, "i": [id_prefix, ...], "w": window_s, "n": count}}}
-  response {"e": [[topic, envelope_wire_bytes], ...], "more": [topic, ...]}   "more" may be absent
+  request  {"t": {topic: {"s": span_seconds, "i": [id_prefix, ...]}}}
+  response {"e": [[topic, envelope_wire_bytes], ...]}
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -49,21 +46,9 @@ MAX_SYNC_ENVELOPES = 2_048  # envelopes per response
 MAX_SYNC_RESPONSE_BYTES = 4 << 20  # wire bytes per response; the rest waits for the next round
 MAX_SPAN = 86_400.0
 SYNC_MARGIN = 2.0  # seconds: how much earlier than us the asker may have received an envelope
-FRESH_SPAN = 10.0  # seconds listed by a fresh round
-DEEP_EVERY = 10  # rounds
 MAX_BACKOFF = 4  # the wait between quiet rounds grows up to this many intervals
 _ITEM_OVERHEAD = 16  # msgpack headers around one [topic, wire] pair, rounded up
-_RESPONSE_SLACK = 1024  # the {"ok": {"e": [...], "more": [...]}} wrapping
-
-
-@dataclass(frozen=True, slots=True)
-class _Wanted:
-    """One topic of a parsed request."""
-
-    span: float
-    have: set[bytes]
-    window: float
-    count: int
+_RESPONSE_SLACK = 1024  # the {"ok": {"e": [...]}} wrapping
 
 
 class AntiEntropy:
@@ -75,9 +60,7 @@ class AntiEntropy:
         self.node = node
         self.interval = interval
         self.timeout = timeout
-        self._deep_next = True  # the first round catches up on the whole window
-        self._since_deep = 0
-        self._quiet = False  # the last round succeeded and found nothing missing
+        self._quiet = False  # the last round succeeded and recovered nothing
 
     async def run(self) -> None:
         """Sync forever: every interval (jittered by +-50%), backing off while rounds find nothing."""
@@ -90,12 +73,8 @@ class AntiEntropy:
 
     # -- asking ------------------------------------------------------------------------------
 
-    async def sync_once(self, peer: PeerId | None = None, *, deep: bool | None = None) -> int:
-        """One round with peer (or a random connected one). Returns how many envelopes it recovered.
-
-        deep: list the whole recent window (True), only FRESH_SPAN (False), or as scheduled (None).
-        A fresh round that learns the peer holds more is followed at once by a deep one.
-        """
+    async def sync_once(self, peer: PeerId | None = None) -> int:
+        """One round with peer (or a random connected one). Returns how many envelopes it recovered."""
         node = self.node
         self._quiet = False
         if peer is None:
@@ -103,27 +82,8 @@ class AntiEntropy:
             if not candidates:
                 return 0
             peer = node.random.choice(candidates)
-        if deep is None:
-            deep = self._deep_next or self._since_deep + 1 >= DEEP_EVERY
-        outcome = await self._round(peer, deep)
-        if outcome is not None and outcome[1] and not deep:  # the peer holds more than we do
-            deeper = await self._round(peer, True)
-            outcome = None if deeper is None else (outcome[0] + deeper[0], deeper[1])
-        if outcome is None:
-            self._deep_next = True
-            return 0
-        recovered, behind = outcome
-        self._deep_next = recovered > 0
-        self._quiet = recovered == 0 and not behind
-        return recovered
-
-    async def _round(self, peer: PeerId, deep: bool) -> tuple[int, bool] | None:
-        """One request: (envelopes recovered, whether the peer says it holds more), or None if it failed."""
-        node = self.node
-        self._since_deep = 0 if deep else self._since_deep + 1
-        window = node.seen.recent_window
         topics = node.topics()
-        listing = self._listing(topics, trio.current_time(), window if deep else min(FRESH_SPAN, window))
+        listing = self._listing(topics, trio.current_time(), node.seen.recent_window)
         try:
             reply = await node.rpc.request(
                 peer,
@@ -135,14 +95,15 @@ class AntiEntropy:
         except GossipError as e:  # unreachable, slow or refusing peers are normal; garbage is penalised
             log.debug("sync round failed", peer=peer, error=str(e))
             node.note_sync_round(ok=False)
-            return None
+            return 0
         node.note_sync_round(ok=True)
-        return self._absorb(peer, set(topics), reply)
+        recovered = self._absorb(peer, set(topics), reply)
+        self._quiet = recovered == 0
+        return recovered
 
     def _listing(self, topics: list[str], now: float, span: float) -> dict[str, dict[str, Any]]:
-        """Per topic: the span covered, the id prefixes received within it, and the window digest."""
-        seen = self.node.seen
-        found = {topic: seen.newest(topic, now, span, MAX_SYNC_IDS + 1) for topic in topics}
+        """Per topic: the span covered and the id prefixes of everything received within it."""
+        found = {topic: self.node.seen.newest(topic, now, span, MAX_SYNC_IDS + 1) for topic in topics}
         budgets = share(MAX_SYNC_IDS, {topic: len(records) for topic, records in found.items()})
         listing: dict[str, dict[str, Any]] = {}
         for topic, records in found.items():
@@ -150,21 +111,14 @@ class AntiEntropy:
             covered = span
             if len(listed) < len(records):  # too many: the newest are listed, the span shrinks to them
                 covered = now - listed[-1].received_at if listed else 0.0
-            listing[topic] = {
-                "s": covered,
-                "i": [r.msg_id[:ID_PREFIX] for r in listed],
-                "w": seen.recent_window,
-                "n": seen.count(topic, now),
-            }
+            listing[topic] = {"s": covered, "i": [r.msg_id[:ID_PREFIX] for r in listed]}
         return listing
 
-    def _absorb(self, peer: PeerId, asked: set[str], reply: Any) -> tuple[int, bool]:
-        well_formed = isinstance(reply, dict) and "e" in reply and set(reply) <= {"e", "more"}
-        items = reply["e"] if well_formed else None
-        more = reply.get("more", []) if well_formed else None
-        if not isinstance(items, list) or len(items) > MAX_SYNC_ENVELOPES or not isinstance(more, list):
+    def _absorb(self, peer: PeerId, asked: set[str], reply: Any) -> int:
+        items = reply.get("e") if isinstance(reply, dict) and len(reply) == 1 else None
+        if not isinstance(items, list) or len(items) > MAX_SYNC_ENVELOPES:
             self.node.penalize(peer, "malformed sync response")
-            return 0, False
+            return 0
         recovered = 0
         for item in items:
             if not (
@@ -181,13 +135,12 @@ class AntiEntropy:
                 recovered += 1
             elif verdict is Verdict.REJECT:
                 break  # already penalised; trust nothing else this peer sent in this answer
-        return recovered, any(isinstance(topic, str) and topic in asked for topic in more[:MAX_SYNC_TOPICS])
+        return recovered
 
     # -- answering ---------------------------------------------------------------------------
 
     async def handle(self, peer: PeerId, body: Any) -> dict[str, Any]:
-        """Server side: the envelopes we received within each span that the asker did not list,
-        and the topics where we hold more of the asker's window than it does."""
+        """Server side: the envelopes we received within each span that the asker did not list."""
         await trio.lowlevel.checkpoint()
         node = self.node
         if node.scores.is_banned(peer):
@@ -198,23 +151,18 @@ class AntiEntropy:
             node.penalize(peer, f"malformed sync request: {e}")
             raise
         now = trio.current_time()
-        more = [
-            topic
-            for topic, want in wanted.items()
-            if node.seen.count(topic, now, want.window - SYNC_MARGIN) > want.count
-        ]
         out: list[list[Any]] = []
         size = 0
-        for topic, want in wanted.items():
-            for record in reversed(node.seen.newest(topic, now, want.span - SYNC_MARGIN)):  # oldest first
-                if record.msg_id[:ID_PREFIX] in want.have:
+        for topic, (span, have) in wanted.items():
+            for record in reversed(node.seen.newest(topic, now, span - SYNC_MARGIN)):  # oldest first
+                if record.msg_id[:ID_PREFIX] in have:
                     continue
                 cost = len(record.wire) + len(topic) + _ITEM_OVERHEAD
                 if size + cost > MAX_SYNC_RESPONSE_BYTES or len(out) >= MAX_SYNC_ENVELOPES:
-                    return {"e": out, "more": more}
+                    return {"e": out}
                 out.append([topic, record.wire])
                 size += cost
-        return {"e": out, "more": more}
+        return {"e": out}
 
 
 def share(total: int, needs: dict[str, int]) -> dict[str, int]:
@@ -227,26 +175,20 @@ def share(total: int, needs: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def _seconds(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_SPAN:
-        raise InvalidMessage(f"sync request {what} must be a number of seconds in [0, {MAX_SPAN:g}]")
-    return float(value)
-
-
-def _parse_request(body: Any) -> dict[str, _Wanted]:
+def _parse_request(body: Any) -> dict[str, tuple[float, set[bytes]]]:
     """Validate a sync request from the network. Raises InvalidMessage."""
     if not isinstance(body, dict) or set(body) != {"t"} or not isinstance(body["t"], dict):
-        raise InvalidMessage("sync request must be {t: {topic: {s, i, w, n}}}")
+        raise InvalidMessage("sync request must be {t: {topic: {s: span, i: [id_prefix, ...]}}}")
     if len(body["t"]) > MAX_SYNC_TOPICS:
         raise InvalidMessage(f"sync request names {len(body['t'])} topics (limit {MAX_SYNC_TOPICS})")
-    wanted: dict[str, _Wanted] = {}
+    wanted: dict[str, tuple[float, set[bytes]]] = {}
     total = 0
     for topic, entry in body["t"].items():
-        if not isinstance(topic, str) or not isinstance(entry, dict) or set(entry) != {"s", "i", "w", "n"}:
-            raise InvalidMessage(
-                "sync request topics must map a name to {s: span, i: ids, w: window, n: count}"
-            )
-        ids, count = entry["i"], entry["n"]
+        if not isinstance(topic, str) or not isinstance(entry, dict) or set(entry) != {"s", "i"}:
+            raise InvalidMessage("sync request topics must map a name to {s: span, i: [id_prefix, ...]}")
+        span, ids = entry["s"], entry["i"]
+        if isinstance(span, bool) or not isinstance(span, int | float) or not 0 <= span <= MAX_SPAN:
+            raise InvalidMessage(f"sync request span must be a number of seconds in [0, {MAX_SPAN:g}]")
         if not isinstance(ids, list):
             raise InvalidMessage("sync request ids must be a list")
         total += len(ids)
@@ -254,7 +196,5 @@ def _parse_request(body: Any) -> dict[str, _Wanted]:
             raise InvalidMessage(f"sync request lists more than {MAX_SYNC_IDS} ids")
         if not all(isinstance(i, bytes) and len(i) == ID_PREFIX for i in ids):
             raise InvalidMessage(f"sync request ids must be {ID_PREFIX}-byte id prefixes")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise InvalidMessage("sync request count must be a non-negative integer")
-        wanted[topic] = _Wanted(_seconds(entry["s"], "span"), set(ids), _seconds(entry["w"], "window"), count)
+        wanted[topic] = (float(span), set(ids))
     return wanted

@@ -77,6 +77,7 @@ class Config(BaseModel):
     consensus_propose_ms: int = Field(default=3000, ge=10, le=600_000)
     consensus_vote_ms: int = Field(default=1000, ge=10, le=600_000)
     consensus_delta_ms: int = Field(default=500, ge=0, le=600_000)
+    max_block_txs: int = Field(default=5000, ge=1, le=10_000)
     solver: bool = True
     solver_price_bps: int = Field(default=8_000, ge=1, le=10_000)
     solver_min_price: int = Field(default=1, ge=1)
@@ -228,6 +229,9 @@ sync_interval = 1.0
 consensus_propose_ms = {timeouts["consensus_propose_ms"]}
 consensus_vote_ms = {timeouts["consensus_vote_ms"]}
 consensus_delta_ms = {timeouts["consensus_delta_ms"]}
+
+# Most txs in a block this peer proposes (a block also stays under the gossip size limit).
+max_block_txs = 5000
 
 # Compute market solver. The peer bids on announced jobs only once its account is registered
 # as a solver (`hivemesh tx register solver`); `solver = false` turns bidding off altogether.

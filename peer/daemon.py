@@ -211,6 +211,7 @@ class Peer:
                 genesis,
                 registry=self.registry,
                 timeouts=consensus_timeouts(self.config),
+                max_block_txs=self.config.max_block_txs,
             )
             yield LedgerService(node, reader, self.identity, genesis)
 

@@ -11,7 +11,6 @@ outcome. A job that ends expired, missed, cancelled or reversed exits 1 with one
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,13 +34,12 @@ ApiOpt = Annotated[
     str | None,
     typer.Option("--api", metavar="HOST:PORT", help="Daemon API address (default: from run.json)."),
 ]
-POLL_S = 0.25
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": {"in": 32, "hidden": [64, 64], "out": 10},
     "cnn": {"in_shape": [1, 28, 28], "channels": [8, 16], "out": 10},
     "transformer": {"vocab": 64, "context": 32, "d_model": 32, "heads": 4, "layers": 2, "ff": 128},
 }
-FAILED = {"expired", "missed", "cancelled", "reversed"}
+FAILED = market_render.FAILED
 
 
 class MarketRejected(PeerError):
@@ -254,33 +252,6 @@ def build_request(
     return request
 
 
-def follow_jobs(client: ApiClient, job_ids: list[str], *, show: bool, timeout: float) -> list[dict[str, Any]]:
-    """Poll the daemon until every job settles (finalized or failed); returns their last views."""
-    deadline = time.monotonic() + timeout
-    views: dict[str, dict[str, Any]] = {}
-    with market_render.JobFollower(show) as follower:
-        while True:
-            for job_id in job_ids:
-                views[job_id] = client.get_json(f"/market/jobs/{job_id}")
-            follower.update([views[j] for j in job_ids])
-            settled = [v for v in views.values() if v["phase"] in FAILED or _finished(v)]
-            if len(settled) == len(job_ids):
-                return [views[j] for j in job_ids]
-            if time.monotonic() >= deadline:
-                raise MarketRejected(
-                    f"gave up after {timeout:.0f}s; follow it with `hivemesh job show {job_ids[0]}`"
-                )
-            time.sleep(POLL_S)
-
-
-def _finished(view: dict[str, Any]) -> bool:
-    """Finalized, and (for our own job) the result fetched and checked or given up on."""
-    if view["phase"] != "finalized":
-        return False
-    local = view.get("submitted_here")
-    return local is None or local["verified"] or bool(local["error"])
-
-
 @job_app.command("submit")
 def job_submit(
     ctx: typer.Context,
@@ -342,7 +313,7 @@ def job_submit(
         view = (
             posted
             if no_wait
-            else follow_jobs(client, [job_id], show=not (quiet or as_json), timeout=timeout)[0]
+            else market_render.follow_jobs(client, [job_id], show=not (quiet or as_json), timeout=timeout)[0]
         )
     if as_json:
         render.print_json(view)

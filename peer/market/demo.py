@@ -22,6 +22,7 @@ from peer import render
 from peer.client import ApiClient
 from peer.cluster import cluster_down, cluster_up
 from peer.errors import ClusterError
+from peer.market.render import follow_jobs
 from peer.procs import wait_for
 
 MODEL_SPEC = {"arch": "mlp", "in": 32, "hidden": [64, 64], "out": 10}
@@ -140,8 +141,6 @@ def _write_model_and_inputs(root: Path) -> tuple[Any, Path]:
 
 
 def _follow(client: ApiClient, job_ids: list[str], show: bool) -> list[dict[str, Any]]:
-    from peer.job_cli import follow_jobs
-
     return follow_jobs(client, job_ids, show=show, timeout=600.0)
 
 

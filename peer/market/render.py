@@ -2,11 +2,12 @@
 
 `job_line` renders the steps of a job's life (posted -> bidding -> assigned -> running x% ->
 committed -> finalized) from the API's job view, marking what is done, what is happening now
-and what is still to come; `JobFollower` redraws it live while the CLI polls the daemon.
+and what is still to come; `JobFollower` redraws it live while `follow_jobs` polls the daemon.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Group
@@ -14,11 +15,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from peer.client import ApiClient
+from peer.errors import PeerError
 from peer.render import console, short
 
 STEPS = ("posted", "bidding", "assigned", "running", "committed", "finalized")
 FAILED = {"expired", "missed", "cancelled", "reversed"}
 BAR_WIDTH = 20
+POLL_S = 0.25
 
 
 def _progress_text(view: dict[str, Any]) -> str:
@@ -158,3 +162,30 @@ def job_summary(view: dict[str, Any]) -> None:
         lines.append(f"  output {view['output_hash']} ({check})")
         lines.append(f"  trace root {view['trace_root']}  result {view['result_size']} bytes")
     console.print("\n".join(lines), markup=False)
+
+
+def follow_jobs(client: ApiClient, job_ids: list[str], *, show: bool, timeout: float) -> list[dict[str, Any]]:
+    """Poll the daemon until every job settles (finalized or failed); returns their last views."""
+    deadline = time.monotonic() + timeout
+    views: dict[str, dict[str, Any]] = {}
+    with JobFollower(show) as follower:
+        while True:
+            for job_id in job_ids:
+                views[job_id] = client.get_json(f"/market/jobs/{job_id}")
+            follower.update([views[j] for j in job_ids])
+            settled = [v for v in views.values() if v["phase"] in FAILED or _finished(v)]
+            if len(settled) == len(job_ids):
+                return [views[j] for j in job_ids]
+            if time.monotonic() >= deadline:
+                raise PeerError(
+                    f"gave up after {timeout:.0f}s; follow it with `hivemesh job show {job_ids[0]}`"
+                )
+            time.sleep(POLL_S)
+
+
+def _finished(view: dict[str, Any]) -> bool:
+    """Finalized, and (for our own job) the result fetched and checked or given up on."""
+    if view["phase"] != "finalized":
+        return False
+    local = view.get("submitted_here")
+    return local is None or local["result_state"] != "waiting"

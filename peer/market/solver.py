@@ -55,6 +55,7 @@ log = structlog.get_logger(__name__)
 INBOX_SIZE = 1024
 PROGRESS_INTERVAL_S = 0.5
 BID_WAIT_BLOCKS = 3  # how long a lagging ledger may take to show an announced job
+MAX_RECORDS = 1000  # jobs remembered (bids, work) for the API
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,10 @@ class Solver:
 
     def _on_state(self, state: State, nursery: trio.Nursery) -> None:
         me = self.market.ledger.address
+        excess = len(self.records) - MAX_RECORDS
+        if excess > 0:  # forget the oldest jobs we are done with
+            for job_id in [j for j in self.records if j not in self._working][:excess]:
+                del self.records[job_id]
         for job_id, record in self.records.items():
             job = state.jobs.get(job_id)
             if record.phase == "bid" and job is not None and job.status != "open" and job.solver != me:

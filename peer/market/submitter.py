@@ -81,6 +81,7 @@ class SubmittedJob:
     input_blob: str = ""
     result_blob: str = ""
     verified: bool = False
+    result_state: str = "waiting"  # -> "verified" or "failed" (then `error` says why)
     error: str = ""
     heights: dict[str, int] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
@@ -91,6 +92,7 @@ class SubmittedJob:
             "input_blob": self.input_blob,
             "result_blob": self.result_blob,
             "verified": self.verified,
+            "result_state": self.result_state,
             "error": self.error,
             "heights": dict(self.heights),
             "times": dict(self.times),
@@ -244,8 +246,9 @@ class Submitter:
     async def _fetch_result(self, job: SubmittedJob, record: dict[str, Any]) -> None:
         with trio.move_on_after(RESULT_WAIT_S):
             await self._fetch_and_check(job, record)
-        if not job.verified and not job.error:
-            job.error = "the solver never announced its result blob"
+        if not job.verified:
+            job.result_state = "failed"
+            job.error = job.error or "the solver never announced its result blob"
 
     async def _fetch_and_check(self, job: SubmittedJob, record: dict[str, Any]) -> None:
         market, solver = self.market, record["solver"]
@@ -259,10 +262,10 @@ class Submitter:
                 await trio.sleep(RESULT_RETRY_S)  # pacing between attempts at an unreachable solver
                 continue
             except MarketError as e:
-                job.error = str(e)  # a dispute would start here
+                job.error, job.result_state = str(e), "failed"  # a dispute would start here
                 log.warning("result check failed", job=job.job_id[:16], error=str(e))
                 return
-            job.result_blob, job.verified, job.error = note.blob, True, ""
+            job.result_blob, job.verified, job.error, job.result_state = note.blob, True, "", "verified"
             job.times["verified"] = time.time()
             log.info("result verified", job=job.job_id[:16], output=result.output_hash[:16])
             return
