@@ -8,6 +8,7 @@ fixes those lives here, so the transport module only wires the pieces together.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -15,7 +16,7 @@ import libp2p.pubsub.pubsub as _pubsub_module
 import libp2p.pubsub.rpc_queue as _rpc_queue_module
 import multiaddr
 from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
@@ -28,6 +29,8 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from gossip.identity import Identity
+
+log = logging.getLogger(__name__)
 
 # Per-peer outbound RPC queue (library default 32, drop-on-full: a burst loses ~97 %).
 RPC_QUEUE_SIZE = 4096
@@ -123,9 +126,28 @@ def make_router() -> GossipSub:
     )
 
 
+class HardenedPubsub(Pubsub):
+    """Pubsub whose per-peer reader survives garbage.
+
+    The library's stream handler only catches stream and varint errors, so one RPC that fails
+    protobuf decoding escapes into the swarm's nursery and stops the whole host: any peer could
+    crash us with a single malformed frame. Here such a peer loses its pubsub stream instead.
+    """
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        try:
+            await super().stream_handler(stream)
+        except Exception as error:  # whatever a hostile peer's bytes make the library raise
+            peer_id = stream.muxed_conn.peer_id
+            log.warning("dropping pubsub stream of %s after a malformed RPC: %r", peer_id, error)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            self._handle_dead_peer(peer_id)
+
+
 def make_pubsub(host: IHost, router: GossipSub) -> Pubsub:
     """Pubsub with strict signing. Starts a sweeper thread: call `seen_messages.stop()` after."""
-    return Pubsub(host, router, strict_signing=True)
+    return HardenedPubsub(host, router, strict_signing=True)
 
 
 def parse_multiaddr(addr: str) -> multiaddr.Multiaddr:

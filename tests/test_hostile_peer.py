@@ -116,3 +116,34 @@ async def test_oversized_frame_and_silent_stream_do_not_hurt_the_daemon(daemon: 
         finally:
             await raw.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_garbage_pubsub_rpc_costs_the_sender_its_stream_not_the_daemon(daemon: RunInfo) -> None:
+    attacker = Libp2pTransport(Identity.generate())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(attacker.serve)
+        target = next(a for a in daemon.listen if a.startswith("/ip4/127."))
+        peer = await attacker.connect(target)
+        # A varint-prefixed frame on the GossipSub protocol that is not a protobuf RPC.
+        stream = await attacker.open_stream(peer, "/meshsub/1.1.0")
+        garbage = b"\xff" * 40
+        await stream.send_all(bytes([len(garbage)]) + garbage)
+        await stream.aclose()
+
+        async def healthy_and_still_gossiping() -> bool:
+            return (await api(daemon, "/health")).status_code == 200
+
+        await wait_until(healthy_and_still_gossiping, timeout=10)
+        # The daemon still accepts and relays gossip from an honest peer afterwards.
+        honest = Libp2pTransport(Identity.generate())
+        await nursery.start(honest.serve)
+        await honest.connect(target)
+        await honest.subscribe(TOPIC_TASKS)
+        ok = Envelope.create(Identity.generate(), "message", 1, {"still": "alive"}).encode()
+
+        async def delivered() -> bool:
+            await honest.publish(TOPIC_TASKS, ok)
+            return {"still": "alive"} in await received_bodies(daemon)
+
+        await wait_until(delivered, timeout=30, interval=0.5)
+        nursery.cancel_scope.cancel()
