@@ -15,6 +15,7 @@ import os
 import libp2p.pubsub.pubsub as _pubsub_module
 import libp2p.pubsub.rpc_queue as _rpc_queue_module
 import multiaddr
+import trio
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
@@ -26,7 +27,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
 from gossip.identity import Identity
 
@@ -51,7 +52,31 @@ def harden_library() -> None:
         _rpc_queue_module.DefaultMaxMessageSize,
     )
     _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = LIBP2P_SUBSCRIPTION_BUFFER
+    serialize_yamux_writes()
     route_library_logging()
+
+
+def serialize_yamux_writes() -> None:
+    """Make each YamuxStream.write atomic with respect to other writes on the same stream.
+
+    The library splits a write into window-sized frames and releases its locks between them,
+    so two tasks writing one stream (pubsub's RPC sender and a publish, say) interleave their
+    frames and the reader sees a corrupt varint-framed RPC. One lock per stream around the
+    whole write keeps each message contiguous.
+    """
+    if getattr(YamuxStream.write, "_hivemesh_serialized", False):
+        return
+    original = YamuxStream.write
+
+    async def write(self: YamuxStream, data: bytes) -> None:
+        lock = self.__dict__.get("_hivemesh_write_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_hivemesh_write_lock", trio.Lock())
+        async with lock:
+            await original(self, data)
+
+    write._hivemesh_serialized = True  # type: ignore[attr-defined]
+    YamuxStream.write = write  # type: ignore[method-assign]
 
 
 def route_library_logging() -> None:

@@ -375,3 +375,27 @@ async def test_unpaced_burst_is_not_dropped_by_library_queues() -> None:
             await a.publish(TOPIC, b"burst %d" % i)
         got = [(await receive_data(inbox, timeout=20)).data for _ in range(burst)]
         assert got == [b"burst %d" % i for i in range(burst)]
+
+
+async def test_concurrent_writes_on_one_stream_stay_contiguous() -> None:
+    """Two tasks writing large frames to one stream must not interleave their Yamux frames."""
+    received: list[bytes] = []
+    done = trio.Event()
+
+    async def collect(stream: ByteStream) -> None:
+        for _ in range(8):
+            received.append(await read_frame(stream, max_size=4 << 20, timeout=10))
+        done.set()
+
+    async with serving(2) as [a, b]:
+        b.set_stream_handler(ECHO, collect)
+        await a.connect(b.listen_addrs()[0])
+        stream = await a.open_stream(b.peer_id, ECHO, timeout=5)
+        payloads = [bytes([i]) * (700 * 1024) for i in range(8)]  # each spans many Yamux frames
+        async with trio.open_nursery() as writers:
+            for payload in payloads:
+                writers.start_soon(write_frame, stream, payload, 20.0)
+        with trio.fail_after(20):
+            await done.wait()
+        assert sorted(received) == sorted(payloads)
+        await stream.aclose()
