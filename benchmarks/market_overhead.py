@@ -114,6 +114,13 @@ def market_job(clients: list[ApiClient], request: dict[str, Any], until: str) ->
     return {"start": start, "view": view, "work": work}
 
 
+def timeline(job: dict[str, Any]) -> dict[str, float]:
+    """Seconds from submit to each step the submitter and the solver recorded, in order."""
+    marks = {f"submitter:{k}": v for k, v in job["view"]["submitted_here"]["times"].items()}
+    marks |= {f"solver:{k}": v for k, v in job["work"]["times"].items() if not k.startswith("compute")}
+    return {k: round(v - job["start"], 2) for k, v in sorted(marks.items(), key=lambda kv: kv[1])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="target wall time of the training job")
@@ -174,6 +181,8 @@ def main() -> None:
         "compute_ratio_cpu": round(work["compute_cpu_s"] / direct_cpu_s, 4),
         "submit_to_verified_s": round(e2e_s, 3),
         "end_to_end_ratio": round(e2e_s / direct_s, 4),
+        "market_overhead_s": round(e2e_s - work["compute_s"], 3),
+        "timeline_s": timeline(train),
         "trace_roots_match": train["view"]["trace_root"] == first[2] == second[2],
         "block_interval_s": round(interval, 3),
         "inference_latency_s": round(i_latency, 3),

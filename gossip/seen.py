@@ -95,24 +95,6 @@ class SeenStore:
             out.append(record)
         return out
 
-    def count(self, topic: str, now: float, span: float | None = None) -> int:
-        """How many records of topic were received in the last `span` seconds (default: the window).
-
-        Walks from the oldest record, so a span close to the window costs little.
-        """
-        self.prune(now)
-        records = self._by_topic.get(topic)
-        if not records:
-            return 0
-        if span is None or span >= self.recent_window:
-            return len(records)
-        horizon, older = now - span, 0
-        for record in records.values():
-            if record.received_at >= horizon:
-                break
-            older += 1
-        return len(records) - older
-
     def recent_ids(self, topic: str, now: float, limit: int) -> list[bytes]:
         """Ids of topic still in the window; the newest `limit` of them if there are more."""
         self.prune(now)

@@ -16,7 +16,7 @@ import trio.testing
 from prometheus_client import CollectorRegistry
 
 from gossip import antientropy
-from gossip.antientropy import DEEP_EVERY, FRESH_SPAN, ID_PREFIX, SYNC_MARGIN, SYNC_PROTOCOL
+from gossip.antientropy import ID_PREFIX, SYNC_MARGIN, SYNC_PROTOCOL
 from gossip.envelope import Envelope, packb
 from gossip.errors import InvalidMessage
 from gossip.identity import Identity
@@ -280,17 +280,15 @@ async def test_malformed_sync_requests_are_refused_and_penalised() -> None:
         rpc = RequestResponse(prober)
         env = await a.node.publish(TOPIC_TX, "tx", {"n": 1})
 
-        async def ask(span: float, ids: list[bytes], count: int = 1) -> Any:
-            entry = {"s": span, "i": ids, "w": 60.0, "n": count}
-            return await rpc.request(a.node.peer_id, SYNC_PROTOCOL, {"t": {TOPIC_TX: entry}})
+        async def ask(span: float, ids: list[bytes]) -> Any:
+            return await rpc.request(a.node.peer_id, SYNC_PROTOCOL, {"t": {TOPIC_TX: {"s": span, "i": ids}}})
 
-        assert await ask(60, []) == {"e": [[TOPIC_TX, env.encode()]], "more": []}
-        assert await ask(60, [env.msg_id[:ID_PREFIX]]) == {"e": [], "more": []}
-        assert await ask(SYNC_MARGIN, []) == {"e": [], "more": []}  # nothing is offered inside the margin
-        assert await ask(SYNC_MARGIN, [], count=0) == {"e": [], "more": [TOPIC_TX]}  # "I hold more"
+        assert await ask(60, []) == {"e": [[TOPIC_TX, env.encode()]]}
+        assert await ask(60, [env.msg_id[:ID_PREFIX]]) == {"e": []}
+        assert await ask(SYNC_MARGIN, []) == {"e": []}  # nothing is offered inside the margin
 
         def entry(**change: Any) -> dict[str, Any]:
-            return {"t": {TOPIC_TX: {"s": 60, "i": [], "w": 60, "n": 0, **change}}}
+            return {"t": {TOPIC_TX: {"s": 60, "i": [], **change}}}
 
         bad_requests: list[Any] = [
             {"t": "nope"},
@@ -298,10 +296,8 @@ async def test_malformed_sync_requests_are_refused_and_penalised() -> None:
             entry(i=[env.msg_id]),  # full ids: only prefixes are listed
             entry(s=-1),
             entry(s=True),
-            entry(w=float("inf")),
-            entry(n=-1),
-            entry(n=1.5),
-            {"t": {TOPIC_TX: {"s": 60, "i": []}}},  # no digest
+            entry(s=float("inf")),
+            entry(n=1),
             {"t": {TOPIC_TX: []}},
             [1, 2],
         ]
@@ -323,8 +319,7 @@ async def test_sync_never_resends_what_the_asker_holds_even_past_the_id_limit(
             await trio.sleep(1)
         await take(a.channel, 30)
         offered = a.node.stats()["received"]
-        for deep in (True, False):
-            assert await a.node.sync.sync_once(b.node.peer_id, deep=deep) == 0
+        assert await a.node.sync.sync_once(b.node.peer_id) == 0
         # Only 10 ids fit in a request, so it covers a shorter span instead of inviting 20 resends.
         assert a.node.stats()["received"] == offered
         net.drop = 1.0
@@ -334,25 +329,7 @@ async def test_sync_never_resends_what_the_asker_holds_even_past_the_id_limit(
         assert a.node.stats()["received"] == offered + 1  # the one it lacked, nothing else
 
 
-async def test_a_fresh_round_turns_deep_when_the_peer_holds_more(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    net = MemoryNetwork()
-    async with cluster(net, 2, sync_interval=1e6) as (a, b):  # rounds only when the test asks
-        net.drop = 1.0  # gossip carries nothing
-        old = [await b.node.publish(TOPIC_TX, "tx", {"i": i}) for i in range(5)]
-        await trio.sleep(3 * FRESH_SPAN)  # older than anything a fresh round lists or is offered
-        rounds = a.node.stats()["sync_rounds"]
-        assert await a.node.sync.sync_once(b.node.peer_id, deep=False) == 5
-        assert a.node.stats()["sync_rounds"] == rounds + 2  # the fresh round, then a deep one at once
-        assert {e.msg_id for e in pending(a.channel)} == {e.msg_id for e in old}
-        # b lacks nothing a has: its fresh round stays one quiet request.
-        rounds = b.node.stats()["sync_rounds"]
-        assert await b.node.sync.sync_once(a.node.peer_id, deep=False) == 0
-        assert b.node.stats()["sync_rounds"] == rounds + 1
-
-
-async def test_quiet_sync_rounds_are_small_and_back_off(autojump_clock: trio.testing.MockClock) -> None:
+async def test_quiet_sync_rounds_list_prefixes_and_back_off(autojump_clock: trio.testing.MockClock) -> None:
     net = MemoryNetwork()
     requests: list[tuple[float, dict[str, Any]]] = []
     answer: list[Any] = []
@@ -368,30 +345,22 @@ async def test_quiet_sync_rounds_are_small_and_back_off(autojump_clock: trio.tes
         await nursery.start(transport.serve)
         node = GossipNode(transport, identity, sync_interval=1.0)
         node.subscribe(TOPIC_TX)
-        for i in range(50):  # old traffic, outside the fresh span by the time rounds run
-            await node.publish(TOPIC_TX, "tx", {"old": i})
+        published = [await node.publish(TOPIC_TX, "tx", {"i": i}) for i in range(50)]
         async with raw_peer(net) as other:
             RequestResponse(other).set_handler(SYNC_PROTOCOL, server)
             await other.connect(transport.listen_addrs()[0])
-            await trio.sleep(FRESH_SPAN + 1)
             await nursery.start(node.serve)
-            fresh = await node.publish(TOPIC_TX, "tx", {"new": 1})
-            await wait_until(lambda: len(requests) >= DEEP_EVERY + 2, timeout=600)
-            spans = [body["s"] for _, body in requests]
-            assert spans[0] == node.seen.recent_window and len(requests[0][1]["i"]) == 51  # first: deep
-            assert spans[DEEP_EVERY] == node.seen.recent_window  # and every DEEP_EVERY-th round
-            quiet = [body for i, (_, body) in enumerate(requests) if 0 < i < DEEP_EVERY]
-            assert all(b["s"] == FRESH_SPAN for b in quiet)
-            assert max(len(b["i"]) for b in quiet) <= 1  # only ids of the last few seconds
-            assert quiet[0]["i"] == [fresh.msg_id[:ID_PREFIX]]
+            await wait_until(lambda: len(requests) >= 8, timeout=600)
+            window = node.seen.recent_window
+            assert all(body["s"] == window for _, body in requests)
+            assert sorted(requests[0][1]["i"]) == sorted(e.msg_id[:ID_PREFIX] for e in published)
             gaps = [t2 - t1 for (t1, _), (t2, _) in itertools.pairwise(requests)]
-            assert all(gap >= 2.0 - 0.01 for gap in gaps[-5:])  # quiet: waits grew to 4 intervals +-50%
-            # A round that recovers something resets the wait and makes the next round deep.
+            assert all(gap >= 2.0 - 0.01 for gap in gaps[-4:])  # quiet: waits grew to 4 intervals +-50%
+            # A round that recovers something resets the wait to one interval (+-50%).
             answer.append([TOPIC_TX, Envelope.create(Identity.generate(), "tx", 1, {"x": 1}).encode()])
             count = len(requests)
             await wait_until(lambda: len(requests) >= count + 2, timeout=600)
-            (t1, _), (t2, after) = requests[count], requests[count + 1]
-            assert after["s"] == node.seen.recent_window and t2 - t1 <= 1.5 + 0.01
+            assert requests[count + 1][0] - requests[count][0] <= 1.5 + 0.01
             assert node.stats()["recovered_by_sync"] == 1
         nursery.cancel_scope.cancel()
 

@@ -12,11 +12,13 @@ ledger finalizes after the challenge window.
 - book.py: what this peer heard on the tasks topic (jobs, inputs, results, progress, models).
 - chain.py: the market's view of the ledger (signed txs, job queries, a height watch).
 - bundles.py: blob formats of models and results, and the result check.
+- models.py: the index of models this peer serves, registration, the model of a new job.
 - specs.py: job specs built from API requests (validated against the model).
 - solver.py: the solver agent (bid, run, commit, serve, announce).
 - submitter.py: the submitter agent (post, announce, seal the input, fetch and check results).
 - service.py: MarketService, which owns the blob store, the executor and both agents.
 - host.py: the daemon's handle on the market: loads it off the event loop, feeds it gossip.
 - api.py: the market endpoints of the local HTTP API.
+- render.py: how the CLI shows jobs (live progress) and models; `follow_jobs` polls the API.
 - demo.py: `hivemesh demo`, the market end to end on a local cluster.
 """

@@ -196,16 +196,24 @@ class Solver:
         nursery.start_soon(self._bid, note, price)
 
     async def _bid(self, note: wire.JobNote, price: int) -> None:
-        try:
-            outcome = await self._place_bid(note, price)
-        except (MarketError, BlobError, ComputeError, OSError) as e:
-            outcome = _BidOutcome(note.job_id, error=str(e))
-        await self._send.send(outcome)
-        if not outcome.error:  # fetch the model while the bid window runs: we may well need it
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._prefetch_model, note)  # while we bid and the window runs
             try:
-                await self.market.fetch_blob(note.model_blob, [note.submitter])
-            except BlobError as e:
-                log.info("model prefetch failed", job=note.job_id[:16], error=str(e))
+                outcome = await self._place_bid(note, price)
+            except (MarketError, BlobError, ComputeError, OSError) as e:
+                outcome = _BidOutcome(note.job_id, error=str(e))
+                nursery.cancel_scope.cancel()  # no bid: no need for the model
+            else:
+                await self._send.send(outcome)  # the prefetch may go on meanwhile
+        if outcome.error:
+            await self._send.send(outcome)
+
+    async def _prefetch_model(self, note: wire.JobNote) -> None:
+        sources = [peer for peer, _ in self.market.book.model_sources(note.model_hash)]
+        try:
+            await self.market.fetch_blob(note.model_blob, [note.submitter, *sources])
+        except (BlobError, OSError) as e:
+            log.info("model prefetch failed", job=note.job_id[:16], error=str(e))
 
     async def _place_bid(self, note: wire.JobNote, price: int) -> _BidOutcome:
         market = self.market
@@ -254,8 +262,8 @@ class Solver:
             if record.phase == "bid" and job is not None and job.status != "open" and job.solver != me:
                 record.mark("lost")
         for job_id in jobs_by_status(state, "assigned", solver=me):
-            if job_id in self._working:
-                continue
+            if job_id in self._working or (job_id in self.records and self.records[job_id].phase == "failed"):
+                continue  # running, or it failed here once: no retry loop until the deadline
             job = state.jobs[job_id]
             note = self.market.book.jobs.get((job_id, job.submitter))
             if note is None:

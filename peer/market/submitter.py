@@ -81,7 +81,7 @@ class SubmittedJob:
     input_blob: str = ""
     result_blob: str = ""
     verified: bool = False
-    result_state: str = "waiting"  # -> "verified" or "failed" (then `error` says why)
+    result_state: str = "waiting"  # -> "verified", "failed" (`error` says why) or "none" (no result)
     error: str = ""
     heights: dict[str, int] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
@@ -230,6 +230,8 @@ class Submitter:
                 fetching = True
                 results.start_soon(self._fetch_result, job, record)
             if status in FINAL:
+                if not fetching:
+                    job.result_state = "none"  # expired, missed or cancelled: there is no result
                 log.info("job settled", job=job.job_id[:16], status=status, height=height)
                 return
 
