@@ -41,7 +41,8 @@ async def test_cluster_up_status_down(cluster_dir: Path) -> None:
     rows = json.loads(up.stdout)["peers"]
     assert [r["index"] for r in rows] == [0, 1, 2]
     assert all(r["alive"] and pid_alive(r["pid"]) for r in rows)
-    assert [r["connected_peers"] for r in rows] == [2, 1, 1]  # everyone bootstrapped from peer 0
+    # Everyone bootstrapped from peer 0; peer exchange may connect the others to each other too.
+    assert rows[0]["connected_peers"] == 2 and all(1 <= r["connected_peers"] <= 2 for r in rows[1:])
     assert len({r["peer_id"] for r in rows}) == 3 and len({r["api"] for r in rows}) == 3
     for row in rows:
         home = Home(Path(row["home"]))
@@ -64,9 +65,9 @@ async def test_cluster_up_status_down(cluster_dir: Path) -> None:
 
     status = hivemesh("cluster", "status", "--dir", cluster_dir, "--json")
     assert status.returncode == 0, status.stderr
-    assert [(r["pid"], r["alive"], r["connected_peers"]) for r in json.loads(status.stdout)] == [
-        (r["pid"], True, r["connected_peers"]) for r in rows
-    ]
+    reported = json.loads(status.stdout)
+    assert [(r["pid"], r["alive"]) for r in reported] == [(r["pid"], True) for r in rows]
+    assert reported[0]["connected_peers"] == 2 and all(r["connected_peers"] >= 1 for r in reported)
     table = hivemesh("cluster", "status", "--dir", cluster_dir)
     assert all(r["multiaddr"] in table.stdout for r in rows)
 
