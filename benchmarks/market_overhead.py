@@ -4,8 +4,8 @@ In one run, with a local cluster of 4 peer processes up (all validators; peer 0 
 model, peers 2 and 3 are solvers): the training loop of benchmarks/compute_direct.py (a
 small causal transformer on synthetic tokens, strict mode, sized to take about --seconds)
 runs directly through compute.executor in this process, then as a market job submitted by
-peer 1, then directly again (the baseline is the mean of both direct runs, so the idle
-cluster's background load is on both sides). Printed:
+peer 1, then directly again (the baseline is the faster of the two direct runs, which both
+have the idle cluster's background load on them). Printed:
 
 - compute ratio: the solver's execution of the job inside its daemon / the direct run, in
   wall time and in CPU time of the computing thread (the cost of running next to gossip,
@@ -14,7 +14,8 @@ cluster's background load is on both sides). Printed:
   (adds posting, the bid window, assignment, the commit and the result transfer; the
   ledger's challenge window comes after and is reported separately);
 - an inference job's submit -> finalized latency minus its compute time, in seconds and in
-  block times (the mean block interval on the same chain), and its height span.
+  block times (the mean block interval on the same chain), and its height span; most of it is
+  the ledger's challenge window, so submit -> result checked is printed too.
 
     .venv/bin/python benchmarks/market_overhead.py [--seconds 30] [--bid-window 2] [--json]
 """
@@ -92,7 +93,8 @@ def setup(root: Path, model: Model) -> list[ApiClient]:
     (root / "model.safetensors").write_bytes(model.weights)
     payload = {"spec": model.spec, "weights_path": str(root / "model.safetensors"), "royalty_bps": 500}
     clients[0].post_json("/market/models", payload)
-    wait_for(lambda: clients[1].get_json("/market/models")[0]["announced_by"], 120, "the model announcement")
+    announced = lambda: any(m["announced_by"] for m in clients[1].get_json("/market/models"))  # noqa: E731
+    wait_for(announced, 120, "the model announcement")
     return clients
 
 
@@ -108,7 +110,7 @@ def market_job(clients: list[ApiClient], request: dict[str, Any], until: str) ->
             raise RuntimeError(f"job {job_id} {view['phase']}")
         return view if until in view["submitted_here"]["times"] else None
 
-    view = wait_for(reached, TIMEOUT, f"job {job_id} to be {until}", interval=0.05)
+    view = wait_for(reached, TIMEOUT, f"job {job_id} to be {until}", interval=0.5)  # times: the daemons'
     solver = next(c for c in clients if c.health()["peer_id"] == view["solver"])
     work = solver.get_json(f"/market/jobs/{job_id}")["solved_here"]
     return {"start": start, "view": view, "work": work}
@@ -163,7 +165,7 @@ def main() -> None:
         finally:
             cluster_down(root / "cluster")
 
-    direct_s, direct_cpu_s = (first[0] + second[0]) / 2, (first[1] + second[1]) / 2
+    direct_s, direct_cpu_s = min(first[0], second[0]), min(first[1], second[1])  # the least disturbed
     t, work = train["view"]["submitted_here"]["times"], train["work"]["times"]
     e2e_s = t["verified"] - train["start"]
     i_view, i_times = infer["view"], infer["view"]["submitted_here"]["times"]
@@ -189,6 +191,7 @@ def main() -> None:
         "inference_compute_s": round(infer["work"]["times"]["compute_s"], 3),
         "inference_overhead_s": round(i_overhead, 3),
         "inference_overhead_blocks": round(i_overhead / interval, 2),
+        "inference_submit_to_verified_s": round(i_times["verified"] - infer["start"], 3),
         "inference_heights": i_view["closed_height"] - i_view["post_height"],
         "bid_window_blocks": args.bid_window,
         "challenge_window_blocks": i_view["challenge_window_blocks"],
@@ -199,7 +202,7 @@ def main() -> None:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:>26}: {value}")
+            print(f"{key:>30}: {value}")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,8 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
         assert reg.returncode == 0, reg.stderr
         assert json.loads(reg.stdout)["model_hash"] == model.hash
         submitter = apis[1]
-        wait_for(lambda: get(submitter, "/market/models")[0]["announced_by"], 60, "the model announcement")
+        announced = lambda: any(m["announced_by"] for m in get(submitter, "/market/models"))  # noqa: E731
+        wait_for(announced, 60, "the model announcement")
         params = json.loads((root / "cluster" / "genesis.json").read_text())["params"]
         yield Market(cluster, model, model_file, params)
     finally:
