@@ -22,7 +22,7 @@ from typing import Any
 
 from compute import canonical
 from compute.errors import TraceError
-from gossip.envelope import packb
+from ledger.merkle import leaf_hash, node_hash, seal_root, tree_levels
 
 MAX_CHECKPOINTS = 1 << 20
 _EMPTY_ROOT = hashlib.sha256(b"hivemesh/merkle/empty").digest()
@@ -33,37 +33,14 @@ def checkpoint_steps(steps: int, every: int) -> list[int]:
     return sorted({*range(0, steps, every), steps})
 
 
-def leaf_hash(step: int, state_hash: str) -> bytes:
-    return hashlib.sha256(b"\x00" + packb([step, state_hash])).digest()
-
-
 def item_leaf(index: int, item_hash: str) -> bytes:
     """A leaf for an indexed item (e.g. inference output batch `index`)."""
     return leaf_hash(index, item_hash)
 
 
-def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
-def _levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
-    levels = [list(leaves)]
-    while len(levels[-1]) > 1:
-        prev = levels[-1]
-        nxt = [_node(prev[i], prev[i + 1]) for i in range(0, len(prev) - 1, 2)]
-        if len(prev) % 2:
-            nxt.append(prev[-1])
-        levels.append(nxt)
-    return levels
-
-
-def _seal(top: bytes, n_leaves: int) -> bytes:
-    return hashlib.sha256(b"\x02" + n_leaves.to_bytes(8, "big") + top).digest()
-
-
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """The root: the tree's top node sealed with the leaf count, so a proof also fixes the count."""
-    return _seal(_levels(leaves)[-1][0], len(leaves)) if leaves else _EMPTY_ROOT
+    return seal_root(tree_levels(leaves)[-1][0], len(leaves)) if leaves else _EMPTY_ROOT
 
 
 def merkle_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
@@ -71,7 +48,7 @@ def merkle_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     if not 0 <= index < len(leaves):
         raise TraceError(f"leaf index {index} out of range for {len(leaves)} leaves")
     proof = []
-    for level in _levels(leaves)[:-1]:
+    for level in tree_levels(leaves)[:-1]:
         sibling = index ^ 1
         if sibling < len(level):
             proof.append(level[sibling])
@@ -91,10 +68,10 @@ def verify_proof(root: bytes, leaf: bytes, index: int, n_leaves: int, proof: Seq
         if sibling < width:
             if used >= len(proof) or not isinstance(proof[used], bytes) or len(proof[used]) != 32:
                 return False
-            node = _node(proof[used], node) if index % 2 else _node(node, proof[used])
+            node = node_hash(proof[used], node) if index % 2 else node_hash(node, proof[used])
             used += 1
         index, width = index // 2, (width + 1) // 2
-    return used == len(proof) and _seal(node, n_leaves) == root
+    return used == len(proof) and seal_root(node, n_leaves) == root
 
 
 @dataclass(frozen=True)

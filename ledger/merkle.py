@@ -24,11 +24,11 @@ def leaf_hash(step: int, state_hash: str) -> bytes:
     return hashlib.sha256(b"\x00" + packb([step, state_hash])).digest()
 
 
-def _node(left: bytes, right: bytes) -> bytes:
+def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
-def _seal(top: bytes, n_leaves: int) -> bytes:
+def seal_root(top: bytes, n_leaves: int) -> bytes:
     return hashlib.sha256(b"\x02" + n_leaves.to_bytes(8, "big") + top).digest()
 
 
@@ -48,10 +48,10 @@ def verify_leaf(
         if sibling < width:
             if used >= len(proof) or not isinstance(proof[used], bytes) or len(proof[used]) != 32:
                 return False
-            node = _node(proof[used], node) if index % 2 else _node(node, proof[used])
+            node = node_hash(proof[used], node) if index % 2 else node_hash(node, proof[used])
             used += 1
         index, width = index // 2, (width + 1) // 2
-    return used == len(proof) and _seal(node, n_leaves) == root
+    return used == len(proof) and seal_root(node, n_leaves) == root
 
 
 def tree_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
@@ -59,7 +59,7 @@ def tree_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
     levels = [list(leaves)]
     while len(levels[-1]) > 1:
         prev = levels[-1]
-        nxt = [_node(prev[i], prev[i + 1]) for i in range(0, len(prev) - 1, 2)]
+        nxt = [node_hash(prev[i], prev[i + 1]) for i in range(0, len(prev) - 1, 2)]
         if len(prev) % 2:
             nxt.append(prev[-1])
         levels.append(nxt)
@@ -68,7 +68,7 @@ def tree_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
 
 def root_of(levels: list[list[bytes]]) -> str:
     """The hex root of a tree given by `tree_levels` (which must have at least one leaf)."""
-    return _seal(levels[-1][0], len(levels[0])).hex()
+    return seal_root(levels[-1][0], len(levels[0])).hex()
 
 
 def proof_of(levels: list[list[bytes]], index: int) -> list[bytes]:
