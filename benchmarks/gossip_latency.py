@@ -167,6 +167,8 @@ _REPO = str(Path(__file__).resolve().parents[1])
 _GROUPS = (
     ("hivemesh gossip", f"{_REPO}/gossip/"),
     ("hivemesh peer (API, daemon)", f"{_REPO}/peer/"),
+    ("hivemesh ledger", f"{_REPO}/ledger/"),
+    ("hivemesh compute", f"{_REPO}/compute/"),
     ("libp2p yamux", "libp2p/stream_muxer"),
     ("libp2p noise/security", "libp2p/security"),
     ("libp2p pubsub", "libp2p/pubsub"),

@@ -92,7 +92,7 @@ async def liar(net: MemoryNetwork, answer: list[Any]) -> AsyncIterator[MemoryTra
 
 async def test_thirty_peers_bootstrapped_from_one_reach_the_target_degree() -> None:
     net = MemoryNetwork(seed=1)
-    async with star(net, 30) as peers:
+    async with star(net, 30, target=6) as peers:
         await wait_until(lambda: all(p.degree() >= 6 for p in peers), timeout=20)
         leaves = peers[1:]
         # Not a star any more: leaves are linked to each other, not only to the hub.
