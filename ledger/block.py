@@ -27,7 +27,7 @@ from ledger.apply import Receipt, apply_block
 from ledger.consensus import ConsensusError, DuplicateVoteEvidence
 from ledger.errors import InvalidBlock, InvalidTx
 from ledger.state import State, app_hash, validator_set_at
-from ledger.tx import MAX_TX_BYTES, MAX_UINT64, SignedTx, check_address, decode_tx
+from ledger.tx import MAX_TX_BYTES, MAX_UINT64, SignedTx, check_address, decode_tx, decode_wire_map
 
 BLOCK_VERSION = 1
 MAX_BLOCK_BYTES = 4 * 1024 * 1024
@@ -130,17 +130,9 @@ class Block:
         Raises:
             InvalidBlock: oversized, malformed msgpack, wrong fields or types, or non-canonical bytes.
         """
-        if not isinstance(data, bytes | bytearray):
-            raise InvalidBlock(f"block must be bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if len(data) > MAX_BLOCK_BYTES:
-            raise InvalidBlock(f"block of {len(data)} bytes exceeds the limit of {MAX_BLOCK_BYTES}")
-        try:
-            raw = unpackb(data, max_bytes=MAX_BLOCK_BYTES)
-        except GossipError as e:
-            raise InvalidBlock(f"block is not msgpack: {e}") from e
-        if not isinstance(raw, dict) or set(raw) != _WIRE_KEYS:
-            raise InvalidBlock(f"block must be a map with exactly the fields {sorted(_WIRE_KEYS)}")
+        data, raw = decode_wire_map(
+            data, "block", MAX_BLOCK_BYTES, _WIRE_KEYS, InvalidBlock, msgpack_prefix="block is not msgpack: "
+        )
         if not _is_uint(raw["v"]) or raw["v"] != BLOCK_VERSION:
             raise InvalidBlock(f"block version {raw['v']!r} not supported (we speak {BLOCK_VERSION})")
         for name in ("txs", "evidence"):

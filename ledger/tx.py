@@ -20,7 +20,7 @@ from typing import Any
 from gossip.envelope import packb, unpackb
 from gossip.errors import GossipError
 from gossip.identity import Identity, peer_id_from_public, public_from_peer_id, verify
-from ledger.errors import BadSignature, InvalidTx
+from ledger.errors import BadSignature, InvalidTx, LedgerError
 from ledger.merkle import MAX_LEAVES, MAX_PROOF_LEN
 from ledger.params import BPS, PARAM_NAMES
 
@@ -350,23 +350,34 @@ def sign_tx(
     return stx
 
 
+def decode_wire_map(
+    data: Any, what: str, limit: int, keys: frozenset[str], error: type[LedgerError], msgpack_prefix: str = ""
+) -> tuple[bytes, dict[str, Any]]:
+    """The shared prologue of every strict decoder here: bytes, size limit, msgpack, exact field set.
+
+    Returns the bytes and the decoded map; raises `error` naming `what` on any failure.
+    """
+    if not isinstance(data, bytes | bytearray):
+        raise error(f"{what} must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > limit:
+        raise error(f"{what} of {len(data)} bytes exceeds the limit of {limit}")
+    try:
+        raw = unpackb(data, max_bytes=limit)
+    except GossipError as e:
+        raise error(f"{msgpack_prefix}{e}") from e
+    if not isinstance(raw, dict) or set(raw) != keys:
+        raise error(f"{what} must be a map with exactly the fields {sorted(keys)}")
+    return data, raw
+
+
 def decode_tx(data: bytes) -> SignedTx:
     """Parse untrusted bytes into a SignedTx. Checks shape and types, not the signature.
 
     Raises:
         InvalidTx: oversized, malformed msgpack, wrong fields or types, or non-canonical bytes.
     """
-    if not isinstance(data, bytes | bytearray):
-        raise InvalidTx(f"tx must be bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) > MAX_TX_BYTES:
-        raise InvalidTx(f"tx of {len(data)} bytes exceeds the limit of {MAX_TX_BYTES}")
-    try:
-        raw = unpackb(data, max_bytes=MAX_TX_BYTES)
-    except GossipError as e:
-        raise InvalidTx(str(e)) from e
-    if not isinstance(raw, dict) or set(raw) != _WIRE_KEYS:
-        raise InvalidTx(f"tx must be a map with exactly the fields {sorted(_WIRE_KEYS)}")
+    data, raw = decode_wire_map(data, "tx", MAX_TX_BYTES, _WIRE_KEYS, InvalidTx)
     if raw["v"] != VERSION or not _is_int(raw["v"]):
         raise InvalidTx(f"tx version {raw['v']!r} not supported (we speak {VERSION})")
     tx = Tx(
