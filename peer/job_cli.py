@@ -1,4 +1,4 @@
-"""Market commands of the `hivemesh` CLI: `model init|register|list` and `job submit|show|list|result`.
+"""Market commands of the `hivemesh` CLI: `model init|register|list` and `job submit|show|list|result|cancel`.
 
 `model init` works on files (it builds a model from a built-in architecture and a seed and
 writes FILE.safetensors plus FILE.json, its spec). Every other command is a thin client of
@@ -366,6 +366,24 @@ def job_list(
         render.print_json(rows)
     else:
         market_render.job_table(rows)
+
+
+@job_app.command("cancel")
+def job_cancel(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    api: ApiOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a job this peer posted while its bids are open; the bounty and bid bonds are refunded."""
+    with _client(ctx, api) as client:
+        result = client.submit("job_cancel", {"job_id": job_id}, wait=True, timeout=60.0)
+    if result.get("committed") and not result.get("ok"):
+        raise MarketRejected(f"job {job_id} not cancelled: {result['message']} ({result['code']})")
+    if as_json:
+        render.print_json(result)
+    else:
+        print(f"job {job_id} cancelled at height {result['height']}; the bounty was refunded")
 
 
 @job_app.command("result")

@@ -257,6 +257,29 @@ def test_user_errors_are_one_line(market: Market, tmp_path: Path) -> None:
     assert result.returncode == 1 and "no solver bid" in result.stderr
 
 
+def test_a_job_cancelled_while_bidding_refunds_the_bounty(market: Market, tmp_path: Path) -> None:
+    home, api = market.home(1), market.api(1)
+    inputs = tmp_path / "inputs.safetensors"
+    inputs.write_bytes(encode_inputs(SyntheticClasses(2, 8, (16,), 4).generate().x))
+    before = supply(market)
+    posted = hivemesh("--home", home, "job", "submit", "--model", market.model.hash, "--bounty", "50",
+                      "--inference", inputs, "--bid-window", "1000", "--no-wait", "--json")  # fmt: skip
+    assert posted.returncode == 0, posted.stderr
+    job_id = json.loads(posted.stdout)["job_id"]
+    wait_for(lambda: get(api, f"/market/jobs/{job_id}")["status"] == "open", 60, "the job on the ledger")
+    cancelled = hivemesh("--home", home, "job", "cancel", job_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.startswith(f"job {job_id} cancelled at height ")
+    view = get(api, f"/market/jobs/{job_id}")
+    assert (view["status"], view["phase"]) == ("cancelled", "cancelled")
+    after = supply(market)
+    assert after["escrow"] == before["escrow"]  # the bounty left escrow again
+    again = hivemesh("--home", home, "job", "cancel", job_id)  # no longer open: one clear line
+    assert again.returncode == 1 and again.stderr.startswith("error: ") and "Traceback" not in again.stderr
+    other = hivemesh("--home", market.home(0), "job", "cancel", job_id)
+    assert other.returncode == 1 and other.stderr.startswith("error: "), other.stderr
+
+
 def test_a_solver_killed_mid_job_is_slashed_and_nothing_is_lost(market: Market) -> None:
     before = supply(market)
     request = {
