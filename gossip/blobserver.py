@@ -25,6 +25,7 @@ from gossip.transport import ByteStream, PeerId
 log = logging.getLogger(__name__)
 
 READ_AHEAD = 2  # chunks read from disk ahead of the one being sent
+SPARE_FRAMES = 2 * (READ_AHEAD + 2)  # frame buffers of the store's chunk size kept between requests
 
 InThread = Callable[..., Awaitable[Any]]
 
@@ -61,6 +62,7 @@ class BlobServer:
         self._in_thread = in_thread
         self._report = report
         self.stats = stats
+        self._frames: list[bytearray] = []  # spare frame buffers, store.chunk_size each
 
     @property
     def active_uploads(self) -> int:
@@ -134,7 +136,11 @@ class BlobServer:
     async def _send_chunks(
         self, stream: ByteStream, blob_id: str, manifest: Manifest, start: int, end: int
     ) -> None:
-        """Stream chunks start..end-1; a reader task keeps the next ones ready while one is sent."""
+        """Stream chunks start..end-1; a reader task keeps the next ones ready while one is sent.
+
+        READ_AHEAD + 2 frame buffers go round between the two tasks (one being filled, up to
+        READ_AHEAD ready, one being sent): no fresh megabyte, and no page faults, per chunk.
+        """
         try:
             fd: int = await self._in_thread(_open_blob, self._store, blob_id)
         except (BlobError, OSError) as e:
@@ -142,28 +148,50 @@ class BlobServer:
             await wire.send(stream, wire.error_frame("unavailable", why), self._timeout)
             return
         frames, ready = trio.open_memory_channel[tuple[bytearray, int]](READ_AHEAD)
+        spare, free = trio.open_memory_channel[bytearray](READ_AHEAD + 2)
+        for _ in range(min(READ_AHEAD + 2, end - start)):
+            spare.send_nowait(self._take_frame(manifest.chunk_size))
         broken: list[BaseException] = []
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_frames, frames, fd, blob_id, manifest, start, end)
+                nursery.start_soon(self._read_frames, frames, free, fd, blob_id, manifest, start, end)
                 try:
                     async with ready:
                         async for frame, size in ready:
-                            await wire.send(stream, frame, self._timeout)
-                            if size:
-                                self.stats.chunks_served += 1
-                                self.stats.bytes_served += size
+                            if not size:  # an error frame ends the answer
+                                await wire.send(stream, frame, self._timeout)
+                                break
+                            with memoryview(frame) as view:  # a short last chunk uses part of it
+                                await wire.send(stream, view[: wire.HEADER.size + size], self._timeout)
+                            spare.send_nowait(frame)
+                            self.stats.chunks_served += 1
+                            self.stats.bytes_served += size
                 except wire.STREAM_ERRORS as e:  # re-raised outside the nursery, unwrapped
                     broken.append(e)
                     nursery.cancel_scope.cancel()
         finally:
             os.close(fd)  # only now: no reader thread can be using it any more
+            while True:  # the next request (usually right behind this one) reuses them
+                try:
+                    self._give_frame(free.receive_nowait(), manifest.chunk_size)
+                except trio.WouldBlock:
+                    break
         if broken:
             raise broken[0]
+
+    def _take_frame(self, chunk_size: int) -> bytearray:
+        if chunk_size == self._store.chunk_size and self._frames:
+            return self._frames.pop()
+        return wire.chunk_frame(chunk_size)
+
+    def _give_frame(self, frame: bytearray, chunk_size: int) -> None:
+        if chunk_size == self._store.chunk_size and len(self._frames) < SPARE_FRAMES:
+            self._frames.append(frame)
 
     async def _read_frames(
         self,
         frames: trio.MemorySendChannel[tuple[bytearray, int]],
+        free: trio.MemoryReceiveChannel[bytearray],
         fd: int,
         blob_id: str,
         manifest: Manifest,
@@ -174,10 +202,11 @@ class BlobServer:
         async with frames:
             for index in range(start, end):
                 size = manifest.chunk_len(index)
-                frame = wire.chunk_frame(size)  # header and data in one write: one frame, no copy
+                frame = await free.receive()  # header and data in one write: one frame, no copy
+                wire.HEADER.pack_into(frame, 0, size + 1, wire.TAG_CHUNK)
                 try:
                     got = await self._in_thread(
-                        wire.pread_into, fd, frame, wire.HEADER.size, index * manifest.chunk_size
+                        wire.pread_into, fd, frame, wire.HEADER.size, index * manifest.chunk_size, size
                     )
                     problem = "" if got == size else f"file ends {got} bytes into it"
                 except OSError as e:

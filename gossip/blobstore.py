@@ -13,6 +13,11 @@ state or the new one.
 Every method is synchronous and may hash or write hundreds of MB: from trio, call them
 through `trio.to_thread.run_sync` (BlobExchange does). One store may be used from several
 threads at once; two processes must not share a root.
+
+A download's partial file is sparse: its size comes from a manifest that already hashed to
+the id the caller asked for, and the caller's size cap is checked before it is created, so
+a peer's claim never reserves disk. A new download that could not fit in the free space is
+refused up front.
 """
 
 from __future__ import annotations
@@ -61,6 +66,14 @@ class BlobError(GossipError):
 
 class BlobNotFound(BlobError):
     """The blob is not (completely) in this store."""
+
+
+class DiskFull(BlobError):
+    """Not enough free disk space for a new download."""
+
+    def __init__(self, blob_id: str, need: int, free: int) -> None:
+        super().__init__(f"blob {blob_id} needs {need} bytes but only {free} are free on disk")
+        self.need, self.free = need, free
 
 
 def check_blob_id(blob_id: object) -> str:
@@ -255,6 +268,9 @@ class BlobStore:
                 done = {i for (i,) in rows}
             else:  # new, or the partial file is gone: whatever the index says is stale
                 done = set()
+                free = _free_bytes(self.root / "partial") + _bytes_held(part_path)
+                if manifest.size > free:
+                    raise DiskFull(blob_id, manifest.size, free)
                 with self._db:
                     self._db.execute("BEGIN")
                     self._db.execute(
@@ -300,19 +316,22 @@ class PartialBlob:
     def missing(self) -> list[int]:
         return [i for i in range(self.manifest.chunk_count) if i not in self._done]
 
-    def write_chunk(self, index: int, data: bytes | bytearray) -> bool:
-        """Verify data against the manifest and write it in place. False (nothing written) if it is wrong."""
+    def has_chunk(self, index: int) -> bool:
+        return index in self._done
+
+    def write_chunk(self, index: int, data: bytes | bytearray | memoryview) -> bool:
+        """Verify a chunk against the manifest and write it in place; False (nothing written) if wrong."""
         m = self.manifest
         if not 0 <= index < m.chunk_count or len(data) != m.chunk_len(index):
             return False
-        if hashlib.sha256(data).digest() != m.chunks[index]:
+        if hashlib.sha256(data).digest() != m.chunks[index]:  # one call: the GIL is released once
             return False
         _pwrite_all(self._fd, data, index * m.chunk_size)
         with self._lock:
             if index not in self._done:
                 self._done.add(index)
                 self._unsynced.append(index)
-                self.done_bytes += len(data)
+                self.done_bytes += m.chunk_len(index)
         return True
 
     def flush(self) -> None:
@@ -379,11 +398,24 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
     with memoryview(data) as view:
         done = 0
         while done < len(view):
             done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _free_bytes(directory: Path) -> int:
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
+
+
+def _bytes_held(path: Path) -> int:
+    """Blocks a stale partial file really holds (it is sparse): they are freed when it is reused."""
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return 0
 
 
 def _has_size(path: Path, size: int) -> bool:

@@ -122,9 +122,14 @@ async def receive_exactly(stream: ByteStream, n: int, timeout: float) -> bytearr
     return buf
 
 
-async def receive(stream: ByteStream, n: int, timeout: float, *, eof_ok: bool) -> bytearray | None:
-    """As receive_exactly, but None if eof_ok and the stream ends before the first byte."""
-    buf = bytearray(n)
+async def receive(
+    stream: ByteStream, n: int, timeout: float, *, eof_ok: bool, into: bytearray | None = None
+) -> bytearray | None:
+    """As receive_exactly, but None if eof_ok and the stream ends before the first byte.
+
+    With into (at least n bytes long), the bytes land at its start instead of in a new buffer.
+    """
+    buf = bytearray(n) if into is None else into
     filled = 0
     try:
         with trio.fail_after(timeout), memoryview(buf) as view:
@@ -141,8 +146,8 @@ async def receive(stream: ByteStream, n: int, timeout: float, *, eof_ok: bool) -
     return buf
 
 
-async def send(stream: ByteStream, data: bytes | bytearray, timeout: float) -> None:
-    """Write all of data within timeout (a bytearray goes as is: no copy of a 1 MiB chunk)."""
+async def send(stream: ByteStream, data: bytes | bytearray | memoryview, timeout: float) -> None:
+    """Write all of data within timeout (a buffer goes as is: no copy of a 1 MiB chunk)."""
     try:
         with trio.fail_after(timeout):
             await stream.send_all(data)
@@ -159,13 +164,13 @@ async def close_quietly(stream: ByteStream) -> None:
             log.debug("closing blob stream to %s: %s", stream.remote_peer, e)
 
 
-def pread_into(fd: int, buf: bytearray, at: int, offset: int) -> int:
-    """Fill buf[at:] from the file at offset; returns the bytes read (short only at end of file)."""
+def pread_into(fd: int, buf: bytearray, at: int, offset: int, size: int) -> int:
+    """Fill buf[at:at+size] from the file at offset; returns the bytes read (short only at end of file)."""
     with memoryview(buf) as view:
-        filled = at
-        while filled < len(buf):
-            n = os.preadv(fd, [view[filled:]], offset + filled - at)
+        filled = 0
+        while filled < size:
+            n = os.preadv(fd, [view[at + filled : at + size]], offset + filled)
             if n == 0:
                 break
             filled += n
-    return filled - at
+    return filled
