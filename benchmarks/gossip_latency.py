@@ -2,30 +2,40 @@
 
 Starts `hivemesh cluster up --peers N`, waits for peer exchange to give every peer its target
 number of connections (or N-1), measures idle CPU, then per offered rate publishes paced messages
-round-robin from every peer through the local API and reads every peer's received log.
+round-robin from every peer through the local API (one publishing thread per peer, so a slow
+answer does not lower the offered rate) and reads every peer's received log.
 Latency of a message = the moment the LAST peer had it minus the moment it was published
 (all processes share this machine's clock). Prints median / p95 / max, the count lost, the
 deliveries that came by anti-entropy instead of gossip, and the CPU the peers used while
-publishing (all peers together and the busiest one, in % of one core).
+publishing (all peers together and the busiest one, in % of one core), and that CPU divided by
+the deliveries (ms of CPU per message per peer; valid while the peers keep up).
 
 `--profile DIR` runs every peer under cProfile, switched on for the publishing window of
 each rate only, and prints the top functions of the busiest peer (profiling slows peers
-down: its latency numbers are not comparable with a normal run).
+down: its latency numbers are not comparable with a normal run). `--gossip-only` runs the
+daemons without ledger and market although the cluster has a genesis (gossip cost alone);
+without it every peer runs the full daemon, as `hivemesh cluster up` does. `--legacy` runs
+the gossip settings from before hivemesh issue 2 (for side-by-side comparisons), `--host`
+overrides one setting of gossip.libp2p_host (e.g. --host SEND_SENDER_RECORDS=True).
 
     python benchmarks/gossip_latency.py [--peers 20] [--rates 10,25,50] [--seconds 10]
-        [--profile DIR] [--mesh D,D_low,D_high] [--px-degree N] [--no-idontwant]
+        [--profile DIR] [--mesh D,D_low,D_high] [--px-degree N] [--host NAME=VALUE ...]
+        [--legacy] [--gossip-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pstats
+import shutil
 import signal
 import statistics
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +48,10 @@ from peer.cluster import Cluster, cluster_down, cluster_up
 # Loaded by every peer process through PYTHONPATH (as sitecustomize) when --profile or an
 # experiment knob is given. Profiling: SIGUSR1 starts a fresh cProfile, SIGUSR2 stops it and
 # writes DIR/<pid>.prof (the last rate's window wins). The knobs override, before the peer
-# starts, the GossipSub degrees, the GossipSub versions offered and the peer-exchange target.
+# starts, settings of gossip.libp2p_host (NAME=python-literal pairs, `;`-separated) and the
+# peer-exchange target, or drop the ledger and market.
 _HOOK = """\
-import cProfile, os, signal, time
+import ast, cProfile, os, signal, time
 _dir = os.environ.get("HIVEMESH_BENCH_PROFILE_DIR")
 if _dir:
     _prof = [cProfile.Profile()]
@@ -52,17 +63,31 @@ if _dir:
         _prof[0].dump_stats(os.path.join(_dir, f"{os.getpid()}.prof"))
     signal.signal(signal.SIGUSR1, _start)
     signal.signal(signal.SIGUSR2, _stop)
-if os.environ.get("HIVEMESH_BENCH_MESH"):
+if os.environ.get("HIVEMESH_BENCH_HOST"):
     import gossip.libp2p_host as _host
-    _d = [int(x) for x in os.environ["HIVEMESH_BENCH_MESH"].split(",")]
-    _host.GOSSIP_DEGREE, _host.GOSSIP_DEGREE_LOW, _host.GOSSIP_DEGREE_HIGH = _d
-if os.environ.get("HIVEMESH_BENCH_NO_IDONTWANT"):
-    import gossip.libp2p_host as _host
-    _host.PROTOCOL_ID_V12 = _host.PROTOCOL_ID_V11  # speak GossipSub 1.1: no IDONTWANT per message
+    for _item in os.environ["HIVEMESH_BENCH_HOST"].split(";"):
+        _name, _value = _item.split("=", 1)
+        if not hasattr(_host, _name):
+            raise SystemExit(f"gossip.libp2p_host has no setting {_name}")
+        setattr(_host, _name, ast.literal_eval(_value))
+if os.environ.get("HIVEMESH_BENCH_GOSSIP_ONLY"):
+    import peer.genesis_file as _genesis
+    _genesis.home_genesis = lambda home: None  # no ledger, no market: the daemon runs gossip alone
 if os.environ.get("HIVEMESH_BENCH_PX_DEGREE"):
     import gossip.peerexchange as _px
     _px.PeerExchange.__init__.__kwdefaults__["target_degree"] = int(os.environ["HIVEMESH_BENCH_PX_DEGREE"])
 """
+# --legacy: the gossip settings before hivemesh issue 2 (GossipSub 1.2, D=6/4/12, a signed peer
+# record in every RPC, one write per RPC, a Yamux WINDOW_UPDATE per read).
+_LEGACY_HOST = (
+    'GOSSIP_PROTOCOLS=("/meshsub/1.2.0","/meshsub/1.1.0","/meshsub/1.0.0")',
+    "GOSSIP_DEGREE=6",
+    "GOSSIP_DEGREE_LOW=4",
+    "GOSSIP_DEGREE_HIGH=12",
+    "SEND_SENDER_RECORDS=True",
+    "COALESCED_WRITE_BYTES=0",
+    "WINDOW_UPDATE_BATCH=0",
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -117,13 +142,26 @@ def run_rate(
     if profile:
         signal_all(cluster, signal.SIGUSR1)
     cpu = CpuMeter([p.pid for p in cluster.peers])
-    start = time.monotonic()
-    for i in range(total):
-        due = start + i / rate
-        if (wait := due - time.monotonic()) > 0:
-            time.sleep(wait)
+
+    def publish(i: int) -> None:
         sent[i] = time.time()
         clients[i % len(clients)].publish("tasks", {"run": run, "i": i})
+
+    # One publishing thread per peer: a slow API answer must not hold back the offered rate.
+    pools = [ThreadPoolExecutor(max_workers=1) for _ in clients]
+    start = time.monotonic()
+    try:
+        futures = []
+        for i in range(total):
+            due = start + i / rate
+            if (wait := due - time.monotonic()) > 0:
+                time.sleep(wait)
+            futures.append(pools[i % len(clients)].submit(publish, i))
+        for future in futures:
+            future.result()
+    finally:
+        for pool in pools:
+            pool.shutdown()
     publish_s = time.monotonic() - start
     cpu_percent = cpu.percent()
     if profile:
@@ -158,6 +196,9 @@ def run_rate(
         "max_ms": 1000 * max(latencies) if latencies else nan,
         "cpu_total": sum(cpu_percent),
         "cpu_max": max(cpu_percent),
+        # CPU of all peers while publishing, per delivery (idle included); only meaningful
+        # while the peers keep up: a backlog is worked off after the window.
+        "cpu_ms_per_delivery": 10 * sum(cpu_percent) * publish_s / (total * len(clients)),
         "busiest": max(range(len(cpu_percent)), key=cpu_percent.__getitem__),
     }
 
@@ -209,11 +250,16 @@ def print_profile(path: Path, top: int = 25) -> None:
 
 def install_hook(directory: Path, args: argparse.Namespace) -> None:
     """Make the peer processes load _HOOK, configured by environment variables they inherit."""
+    host = list(_LEGACY_HOST) if args.legacy else []
+    if args.mesh:
+        d, low, high = (int(x) for x in args.mesh.split(","))
+        host += [f"GOSSIP_DEGREE={d}", f"GOSSIP_DEGREE_LOW={low}", f"GOSSIP_DEGREE_HIGH={high}"]
+    host += args.host
     settings = {
         "HIVEMESH_BENCH_PROFILE_DIR": str(args.profile.absolute()) if args.profile else None,
-        "HIVEMESH_BENCH_MESH": args.mesh,
+        "HIVEMESH_BENCH_HOST": ";".join(host) or None,
         "HIVEMESH_BENCH_PX_DEGREE": str(args.px_degree) if args.px_degree else None,
-        "HIVEMESH_BENCH_NO_IDONTWANT": "1" if args.no_idontwant else None,
+        "HIVEMESH_BENCH_GOSSIP_ONLY": "1" if args.gossip_only else None,
     }
     if not any(settings.values()):
         return
@@ -234,9 +280,21 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, help="run peers under cProfile, dump here")
     parser.add_argument("--mesh", default=None, help="experiment: GossipSub D,D_low,D_high (e.g. 3,2,4)")
     parser.add_argument("--px-degree", type=int, default=None, help="experiment: peer-exchange target")
-    parser.add_argument("--no-idontwant", action="store_true", help="experiment: GossipSub 1.1 only")
+    parser.add_argument(
+        "--host", action="append", default=[], metavar="NAME=VALUE", help="experiment: a libp2p_host setting"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the peer homes and logs afterwards")
+    parser.add_argument("--legacy", action="store_true", help="gossip settings before hivemesh issue 2")
+    parser.add_argument(
+        "--gossip-only", action="store_true", help="peers run without ledger and market (genesis ignored)"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="hivemesh-bench-") as tmp:
+    with contextlib.ExitStack() as cleanup:
+        tmp = tempfile.mkdtemp(prefix="hivemesh-bench-")
+        if args.keep:
+            print(f"peer homes and logs are kept in {tmp}")
+        else:
+            cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)
         install_hook(Path(tmp) / "hook", args)
         root = Path(tmp) / "mesh"
         t0 = time.monotonic()
@@ -256,14 +314,15 @@ def main() -> None:
             print(f"idle CPU: all peers {sum(idle_percent):.1f} %, busiest {max(idle_percent):.1f} %")
             print(
                 f"{'rate/s':>7} {'achieved':>8} {'msgs':>5} {'lost':>10} {'by sync':>7} {'median ms':>10} "
-                f"{'p95 ms':>8} {'max ms':>8} {'cpu all %':>9} {'busiest %':>9}"
+                f"{'p95 ms':>8} {'max ms':>8} {'cpu all %':>9} {'busiest %':>9} {'cpu ms/deliv':>12}"
             )
             for rate in (float(r) for r in args.rates.split(",")):
                 r = run_rate(cluster, clients, rate, args.seconds, args.settle, bool(args.profile))
                 print(
                     f"{r['rate']:7.0f} {r['achieved_rate']:8.1f} {r['messages']:5d} "
                     f"{r['lost']:5d}/{r['deliveries_expected']:<4d} {r['by_sync']:7d} {r['median_ms']:10.1f} "
-                    f"{r['p95_ms']:8.1f} {r['max_ms']:8.1f} {r['cpu_total']:9.1f} {r['cpu_max']:9.1f}",
+                    f"{r['p95_ms']:8.1f} {r['max_ms']:8.1f} {r['cpu_total']:9.1f} {r['cpu_max']:9.1f} "
+                    f"{r['cpu_ms_per_delivery']:12.2f}",
                     flush=True,
                 )
                 busiest_pid = cluster.peers[r["busiest"]].pid

@@ -4,6 +4,12 @@ py-libp2p's defaults are unsafe for us (see notes/libp2p-cheatsheet.md): a defau
 accepts plaintext, the 120 s heartbeat and adaptive gossip slow mesh repair, spam protection
 rate-limits our own publishes, and 32-slot queues silently drop bursts. Everything that
 fixes those lives here, so the transport module only wires the pieces together.
+
+Gossip is CPU-bound in py-libp2p: every RPC and frame costs Noise, Yamux, protobuf and trio
+work on both ends. So the settings here also cut the RPCs and frames a message costs:
+GossipSub 1.1 (1.2 sends an IDONTWANT RPC to every mesh peer for every message), a small
+mesh, no signed peer record in every RPC, RPCs queued for one peer written in one frame, and
+Yamux window credit returned in batches instead of one WINDOW_UPDATE frame per read.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+import weakref
 
+import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.pubsub.pubsub as _pubsub_module
 import libp2p.pubsub.rpc_queue as _rpc_queue_module
 import multiaddr
@@ -22,12 +31,18 @@ from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.network.stream.exceptions import StreamClosed, StreamReset
+from libp2p.peer.id import ID
+from libp2p.peer.peerstore import env_to_send_in_RPC
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.utils.varint import encode_varint_prefixed
 
 from gossip.identity import Identity
 
@@ -38,7 +53,26 @@ RPC_QUEUE_SIZE = 4096
 # Per-subscription channel inside Pubsub (library default 32, drop-on-full).
 LIBP2P_SUBSCRIPTION_BUFFER = 4096
 
-GOSSIP_DEGREE, GOSSIP_DEGREE_LOW, GOSSIP_DEGREE_HIGH = 6, 4, 12
+# GossipSub versions offered, best first. 1.2 adds IDONTWANT: one more RPC to every mesh peer
+# per message, which costs more CPU than the duplicates it saves in a mesh this small.
+GOSSIP_PROTOCOLS: tuple[TProtocol, ...] = (PROTOCOL_ID_V11, PROTOCOL_ID)
+# Mesh degree D / D_low / D_high. Each mesh peer is one more copy of every message to send,
+# receive and drop as a duplicate; 3 keeps the mesh connected through a lost peer. D_high is
+# kept at 2 D: with 4, the bootstrap peer (connected to everyone) pruned so often that peers
+# refused each other's re-GRAFTs and some were cut off the mesh, left to anti-entropy.
+GOSSIP_DEGREE, GOSSIP_DEGREE_LOW, GOSSIP_DEGREE_HIGH = 3, 2, 6
+# Send py-libp2p's signed peer record in every pubsub RPC (~210 B, ~50 us to build, ~100 us
+# and an Ed25519 verify to check). Nothing of ours reads those records: peers are found by
+# hivemesh peer exchange, and the transport's handshake already authenticates the sender.
+SEND_SENDER_RECORDS = False
+SENDER_RECORD_REFRESH = 10.0  # seconds a built record is reused (the library rebuilds it per RPC)
+# RPCs waiting in a peer's queue are written together up to this many bytes: one Yamux frame
+# and one Noise message instead of one each.
+COALESCED_WRITE_BYTES = 64 * 1024
+# Yamux returns receive-window credit after every read: a WINDOW_UPDATE frame back for each read
+# (two per pubsub RPC: its varint, then its body). Credit is instead held until this many bytes
+# were read. Far below the 256 KiB window, so a sender never waits for it; 0 = every read.
+WINDOW_UPDATE_BATCH = 16 * 1024
 
 
 def harden_library() -> None:
@@ -52,8 +86,35 @@ def harden_library() -> None:
         _rpc_queue_module.DefaultMaxMessageSize,
     )
     _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = LIBP2P_SUBSCRIPTION_BUFFER
+    cache_sender_records()
     serialize_yamux_writes()
+    batch_yamux_window_updates()
     route_library_logging()
+
+
+def cache_sender_records() -> None:
+    """Build each host's signed peer record once per SENDER_RECORD_REFRESH, not once per RPC.
+
+    The library calls `env_to_send_in_RPC(host)` for every RPC it sends, and each call rebuilds
+    the host's address set to compare it with the cached record. With SEND_SENDER_RECORDS off
+    the record is stripped before writing anyway; this only makes building it cheap.
+    """
+    if getattr(_pubsub_module.env_to_send_in_RPC, "_hivemesh_cached", False):
+        return
+    built: weakref.WeakKeyDictionary[IHost, tuple[float, bytes]] = weakref.WeakKeyDictionary()
+
+    def cached(host: IHost) -> tuple[bytes, bool]:
+        now = time.monotonic()
+        entry = built.get(host)
+        if entry is not None and now - entry[0] < SENDER_RECORD_REFRESH:
+            return entry[1], False
+        record, fresh = env_to_send_in_RPC(host)
+        built[host] = (now, record)
+        return record, fresh
+
+    cached._hivemesh_cached = True  # type: ignore[attr-defined]
+    _pubsub_module.env_to_send_in_RPC = cached  # type: ignore[assignment]
+    _gossipsub_module.env_to_send_in_RPC = cached  # type: ignore[attr-defined]
 
 
 def serialize_yamux_writes() -> None:
@@ -77,6 +138,29 @@ def serialize_yamux_writes() -> None:
 
     write._hivemesh_serialized = True  # type: ignore[attr-defined]
     YamuxStream.write = write  # type: ignore[method-assign]
+
+
+def batch_yamux_window_updates() -> None:
+    """Hand the library's window bookkeeping the bytes read in batches of WINDOW_UPDATE_BATCH.
+
+    Credit held back stays below the batch, far below any window, so it can never stall a
+    sender: a blocked sender means the window is full of unread bytes, and reading them
+    releases the credit. Large reads (blobs) pass straight through, window auto-tuning included.
+    """
+    if getattr(YamuxStream._auto_tune_and_send_window_update, "_hivemesh_batched", False):
+        return
+    original = YamuxStream._auto_tune_and_send_window_update
+
+    async def batched(self: YamuxStream, *, bytes_read: int = 0) -> None:
+        owed = self.__dict__.get("_hivemesh_unreported", 0) + bytes_read
+        if 0 < owed < WINDOW_UPDATE_BATCH:
+            self.__dict__["_hivemesh_unreported"] = owed
+            return
+        self.__dict__["_hivemesh_unreported"] = 0
+        await original(self, bytes_read=owed)
+
+    batched._hivemesh_batched = True  # type: ignore[attr-defined]
+    YamuxStream._auto_tune_and_send_window_update = batched  # type: ignore[method-assign]
 
 
 def route_library_logging() -> None:
@@ -140,7 +224,7 @@ def _disable_auto_connect(host: IHost) -> None:
 def make_router() -> GossipSub:
     """GossipSub with the settings measured to work (notes/libp2p-measurements.md)."""
     return GossipSub(
-        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+        protocols=list(GOSSIP_PROTOCOLS),
         degree=GOSSIP_DEGREE,
         degree_low=GOSSIP_DEGREE_LOW,
         degree_high=GOSSIP_DEGREE_HIGH,
@@ -152,12 +236,48 @@ def make_router() -> GossipSub:
 
 
 class HardenedPubsub(Pubsub):
-    """Pubsub whose per-peer reader survives garbage.
+    """Pubsub whose per-peer reader survives garbage and whose writer batches.
 
     The library's stream handler only catches stream and varint errors, so one RPC that fails
     protobuf decoding escapes into the swarm's nursery and stops the whole host: any peer could
     crash us with a single malformed frame. Here such a peer loses its pubsub stream instead.
+
+    The library's per-peer sender writes one RPC per stream write; under load a peer's queue
+    holds several, and each write costs a Yamux frame, a Noise message and a trio round trip
+    on both ends. Here everything queued is written at once (still one varint-framed RPC after
+    another, as the protocol says). Signed peer records are stripped unless SEND_SENDER_RECORDS.
     """
+
+    def get_hello_packet(self) -> rpc_pb2.RPC:
+        return _strip_sender_record(super().get_hello_packet())
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        return await super().write_msg(stream, _strip_sender_record(rpc_msg))
+
+    async def handle_sending_messages(self, peer_id: ID, stream: INetStream, queue: RpcQueue) -> None:
+        try:
+            while True:
+                rpc = await queue.pop()
+                if rpc is None:
+                    return  # the queue was closed: the peer is gone
+                frames = [encode_varint_prefixed(_strip_sender_record(rpc).SerializeToString())]
+                size = len(frames[0])
+                # pop() returns at once while the queue holds something: no other task runs here.
+                while len(queue) and size < COALESCED_WRITE_BYTES:
+                    more = await queue.pop()
+                    if more is None:
+                        break
+                    frames.append(encode_varint_prefixed(_strip_sender_record(more).SerializeToString()))
+                    size += len(frames[-1])
+                try:
+                    await stream.write(b"".join(frames))
+                except (StreamClosed, StreamReset):
+                    log.debug("pubsub stream to %s closed while writing", peer_id)
+                    self._handle_dead_peer(peer_id)
+                    return
+        except Exception as error:  # as the library's loop: a broken sender means a dead peer
+            log.debug("pubsub sender for %s stopped: %r", peer_id, error)
+            self._handle_dead_peer(peer_id)
 
     async def stream_handler(self, stream: INetStream) -> None:
         try:
@@ -168,6 +288,13 @@ class HardenedPubsub(Pubsub):
             with contextlib.suppress(Exception):
                 await stream.reset()
             self._handle_dead_peer(peer_id)
+
+
+def _strip_sender_record(rpc: rpc_pb2.RPC) -> rpc_pb2.RPC:
+    """rpc without its signed peer record (in place: every queued RPC is the peer's own copy)."""
+    if not SEND_SENDER_RECORDS and rpc.HasField("senderRecord"):
+        rpc.ClearField("senderRecord")
+    return rpc
 
 
 def make_pubsub(host: IHost, router: GossipSub) -> Pubsub:

@@ -40,12 +40,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 PEERS_PROTOCOL = "/hivemesh/peers/1"
-# Connections each peer seeks. Every GossipSub transmission costs py-libp2p ~1.6 ms of CPU and a
-# peer's mesh takes every connection up to D=6, so this degree sets what a message costs. With 20
-# peer processes on 2 cores (benchmarks/gossip_latency.py) each msg/s took ~27 % of a core at
-# target 6, ~19 % at 3 and ~11 % at 2, and at 3 or more a 5-peer cluster fell behind at 50 msg/s.
-# At 2 the mesh still outlives its bootstrap peer (tests/test_peer_exchange.py).
-DEFAULT_TARGET_DEGREE = 2
+# Connections each peer seeks. Every GossipSub transmission costs py-libp2p CPU, and the mesh
+# (D=3, gossip.libp2p_host) is drawn from these connections. Every peer is also connected to the
+# bootstrap peer, which keeps only a few of them in its mesh: at 2, a peer it pruned often had a
+# single other mesh link and whole pairs were cut off the mesh, leaving their messages to
+# anti-entropy (seconds, benchmarks/gossip_latency.py with 20 peers). 3 leaves every peer two
+# links besides the bootstrap peer.
+DEFAULT_TARGET_DEGREE = 3
 MAX_SAMPLE = 32  # peers in one answer
 MAX_SELF_ADDRS = 8  # addresses one peer may advertise for itself
 MAX_ADDR_LEN = 256
