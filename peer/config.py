@@ -82,6 +82,10 @@ class Config(BaseModel):
     solver_price_bps: int = Field(default=8_000, ge=1, le=10_000)
     solver_min_price: int = Field(default=1, ge=1)
     solver_max_jobs: int = Field(default=2, ge=1, le=64)
+    # Test behaviours (peer/market/behaviours.py): anything but "honest" cheats on purpose.
+    solver_behaviour: Literal["honest", "lazy", "wrong", "fake-train", "swap-model"] = "honest"
+    verifier: bool = False
+    verifier_behaviour: Literal["honest", "lazy"] = "honest"
 
     @field_validator("listen")
     @classmethod
@@ -99,7 +103,7 @@ class Config(BaseModel):
         host, port = parse_host_port(value)
         return format_host_port(host, port)
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "solver_behaviour", "verifier_behaviour", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -241,4 +245,13 @@ solver = true
 solver_price_bps = 8000
 solver_min_price = 1
 solver_max_jobs = 2
+
+# Verifier: spot-check other solvers' results and challenge wrong ones. Needs the account to
+# be registered as a verifier (`hivemesh tx register verifier`).
+verifier = false
+
+# Test behaviours, for exercising the checks on a test net only: "honest" in production.
+# solver_behaviour: honest | lazy | wrong | fake-train | swap-model; verifier_behaviour: honest | lazy.
+solver_behaviour = "honest"
+verifier_behaviour = "honest"
 """

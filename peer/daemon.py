@@ -178,6 +178,7 @@ class Peer:
             "price_bps": c.solver_price_bps,
             "min_price": c.solver_min_price,
             "max_jobs": c.solver_max_jobs,
+            "behaviour": c.solver_behaviour,
         }
         return MarketHost(
             identity=self.identity,
@@ -188,6 +189,7 @@ class Peer:
             policy=policy,
             own_addrs=self.exchange.own_addrs,
             known_addrs=self.exchange.book.addrs,
+            options={"verifier": c.verifier, "verifier_behaviour": c.verifier_behaviour},
         )
 
     @contextmanager

@@ -16,6 +16,15 @@ ledger finalizes after the challenge window.
 - specs.py: job specs built from API requests (validated against the model).
 - solver.py: the solver agent (bid, run, commit, serve, announce).
 - submitter.py: the submitter agent (post, announce, seal the input, fetch and check results).
+- behaviours.py: TEST behaviours of solvers and verifiers that cheat on purpose (honest by default).
+- checkpoints.py: the solver's checkpoint states, served over `/hivemesh/market/checkpoint/1`.
+- inputs.py: a job's private input, served by its submitter to verifiers and referees.
+- defender.py: the solver's side of a dispute (reveal and bisect with Merkle proofs).
+- verifier.py: the verifier agent (spot-check sampled items, verify_report, dispute a bad result).
+- challenger.py: the challenger's side of a dispute, and the re-execution every checker shares.
+- referee.py: a committee validator re-executes the disputed unit and posts its verdict.
+- canaries.py: the submitter seals a canary on every job and reveals the real ones.
+- voter.py: reputation votes: open them on first-hand evidence, commit and reveal scores.
 - service.py: MarketService, which owns the blob store, the executor and both agents.
 - host.py: the daemon's handle on the market: loads it off the event loop, feeds it gossip.
 - api.py: the market endpoints of the local HTTP API.

@@ -12,6 +12,10 @@
   GET  /market/jobs/<id>               the job: ledger record, phase, progress, local records
   GET  /market/jobs/<id>/result        the result's output (safetensors bytes), checked
   GET  /market/supply                  where every token is (one committed state)
+  GET  /market/verification            this peer's spot checks, disputes, votes and canaries
+  GET  /market/trust/<job id>          the job's audit (canary, sample seed, reports) and dispute
+  GET  /market/reputation/<address>    reputation per role (the default where never rated)
+  GET  /market/repvotes/<vote id>      a reputation vote: phase, commits, reveals, tally
 
 Files are named by path because the API is local: the daemon reads them itself (a weights
 file can be far over the API's request limit). Errors are {"error", "code"} with the
@@ -25,7 +29,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ledger import audits, disputes
+from ledger.disputes import dispute_id_for
 from ledger.errors import LedgerError
+from ledger.payout import reputation_of
+from ledger.repvote import repvote
+from ledger.tx import ROLES
 from peer.api import Handler, HttpError, Request, Response, json_response
 from peer.ledger_api import ledger_status_code
 from peer.market.chain import supply
@@ -36,6 +45,9 @@ if TYPE_CHECKING:
     from peer.market.service import MarketService
 
 JOBS = "/market/jobs/"
+TRUST = "/market/trust/"
+REPUTATION = "/market/reputation/"
+REPVOTES = "/market/repvotes/"
 
 
 def _guard(call: Callable[[Request], Awaitable[Response]]) -> Handler:
@@ -63,6 +75,10 @@ class MarketRoutes:
             "/market/jobs": {"GET": _guard(self.jobs), "POST": _guard(self.submit)},
             JOBS: {"GET": _guard(self.job)},
             "/market/supply": {"GET": _guard(self.supply)},
+            "/market/verification": {"GET": _guard(self.verification)},
+            TRUST: {"GET": _guard(self.trust)},
+            REPUTATION: {"GET": _guard(self.reputation)},
+            REPVOTES: {"GET": _guard(self.repvote)},
         }
 
     @property
@@ -122,3 +138,44 @@ class MarketRoutes:
 
     async def supply(self, request: Request) -> Response:
         return json_response(supply(self._market.ledger.state))
+
+    async def trust(self, request: Request) -> Response:
+        state = self._market.ledger.state
+        job_id = request.path[len(TRUST) :].strip("/")
+        if job_id not in state.jobs:
+            raise HttpError(404, f"no job {job_id} on this chain", "unknown_job")
+        dispute_id = dispute_id_for(job_id)
+        return json_response(
+            {
+                "height": state.height,
+                "audit": audits.audit(state, job_id) if job_id in state.audits else None,
+                "dispute": disputes.dispute(state, dispute_id) if dispute_id in state.disputes else None,
+            }
+        )
+
+    async def reputation(self, request: Request) -> Response:
+        state = self._market.ledger.state
+        address = request.path[len(REPUTATION) :].strip("/")
+        if address not in state.accounts and address not in state.validators:
+            raise HttpError(404, f"no account {address} on this chain", "unknown_account")
+        roles = {role: reputation_of(state, address, role) for role in ROLES}
+        return json_response({"address": address, "height": state.height, "reputation": roles})
+
+    async def repvote(self, request: Request) -> Response:
+        state = self._market.ledger.state
+        vote_id = request.path[len(REPVOTES) :].strip("/")
+        if vote_id not in state.repvotes:
+            raise HttpError(404, f"no reputation vote {vote_id} on this chain", "unknown_vote")
+        return json_response(repvote(state, vote_id))
+
+    async def verification(self, request: Request) -> Response:
+        market = self._market
+        return json_response(
+            {
+                "verifier": market.verifier.status(),
+                "challenger": market.challenger.status(),
+                "referee": market.referee.status(),
+                "canaries": market.canaries.status(),
+                "voter": market.voter.status(),
+            }
+        )

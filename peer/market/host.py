@@ -40,7 +40,8 @@ class MarketHost:
     """Starts the market service of a peer with a ledger (see the module docstring).
 
     Args:
-        policy: SolverPolicy fields (enabled, price_bps, min_price, max_jobs).
+        policy: SolverPolicy fields (enabled, price_bps, min_price, max_jobs, behaviour).
+        options: further MarketService keyword arguments (the verifier settings).
         own_addrs: our dialable addresses (announced with every market message).
         known_addrs: addresses of a peer that peer exchange learned (to dial a blob's holder).
     """
@@ -56,8 +57,9 @@ class MarketHost:
         policy: dict[str, Any],
         own_addrs: Callable[[], list[str]],
         known_addrs: Callable[[str], Sequence[str]],
+        options: dict[str, Any] | None = None,
     ) -> None:
-        self._args = {
+        self._args = (options or {}) | {
             "identity": identity,
             "transport": transport,
             "gossip": gossip,

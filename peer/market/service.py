@@ -6,10 +6,16 @@ Tasks (all in `serve`'s nursery):
   topic (`deliver`) and model records from `register_model` (models.py);
 - the height watch (chain.py), which the agents wait on for new committed states;
 - the solver actor and the submitter actor (and their per-job tasks);
+- the dispute defender (defender.py), which answers disputes over jobs this peer solved;
+- the checking agents: verifier (spot checks, when enabled), challenger (its disputes), referee
+  (committees it is drawn into), canaries (on the jobs it submits) and voter (reputation votes);
 - a loop re-announcing the models this peer serves, so late joiners learn where they are.
 
 Blobs live in `<home>/data/blobs` (gossip.blobs.BlobStore) and are served to any peer over
-the blob protocol; only sealed inputs, never plaintext ones, are put there. Blocking work
+the blob protocol; only sealed inputs, never plaintext ones, are put there. Two
+request/response protocols serve verifiers: checkpoint states of the jobs this peer solved
+(checkpoints.py, `/hivemesh/market/checkpoint/1`) and the private inputs of the jobs it
+submitted, sealed to the requester (inputs.py, `/hivemesh/market/input/1`). Blocking work
 (hashing, torch decoding, disk) runs in worker threads behind a limiter; jobs run on the
 compute Executor (one at a time).
 
@@ -21,7 +27,7 @@ recorded on that job and logged.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,15 +46,23 @@ from gossip.node import GossipNode
 from gossip.topics import TOPIC_TASKS
 from gossip.transport import Transport
 from peer.ledger_service import LedgerService
-from peer.market import wire
+from peer.market import checkpoints, inputs, wire
+from peer.market.behaviours import VerifierBehaviour
 from peer.market.book import Book
 from peer.market.bundles import open_model_bundle
+from peer.market.canaries import CanaryAgent
 from peer.market.chain import HeightWatch, MarketLedger
+from peer.market.challenger import Challenger
+from peer.market.checkpoints import CheckpointStore
+from peer.market.defender import Defender
 from peer.market.errors import MarketError, Unavailable
 from peer.market.models import ModelIndex, list_models, register_model
+from peer.market.referee import Referee
 from peer.market.sealed import public_bytes, x25519_key
 from peer.market.solver import Solver, SolverPolicy
 from peer.market.submitter import Submitter
+from peer.market.verifier import Verifier
+from peer.market.voter import Voter
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +95,8 @@ class MarketService:
         policy: SolverPolicy,
         own_addrs: Callable[[], list[str]] = list,
         known_addrs: Callable[[str], Sequence[str]] = lambda peer: (),
+        verifier: bool = False,
+        verifier_behaviour: str = "honest",
     ) -> None:
         self.identity, self.transport, self.gossip = identity, transport, gossip
         self._own_addrs, self._known_addrs = own_addrs, known_addrs
@@ -91,22 +107,53 @@ class MarketService:
         self.exchange = BlobExchange(transport, self.store, on_misbehaviour=gossip.penalize)
         self.executor = Executor(max_concurrent=1)
         self.models = ModelIndex(data_dir / "market" / "models.json")
+        self.checkpoints = CheckpointStore(self.store, data_dir / "market" / "checkpoints")
         self.x25519 = x25519_key(identity)
         self.encryption_key = public_bytes(self.x25519)
+        self.verifier_enabled = verifier  # run the verifier agent (needs the "verifier" role too)
+        self.verifier_behaviour = VerifierBehaviour(verifier_behaviour)
         self.solver = Solver(self, policy)
+        self.defender = Defender(self)
         self.submitter = Submitter(self)
+        self.canaries = CanaryAgent(self, data_dir / "market" / "canaries.json")
+        self.voter = Voter(self)
+        self.challenger = Challenger(self)
+        self.referee = Referee(self)
+        self.verifier = Verifier(
+            self,
+            self.challenger,
+            enabled=verifier,
+            behaviour=self.verifier_behaviour.name,
+            voter=self.voter,
+        )
         self._threads = trio.CapacityLimiter(WORKER_THREADS)
         self._events_send, self._events = trio.open_memory_channel[object](EVENTS_SIZE)
+        gossip.rpc.set_handler(
+            checkpoints.PROTOCOL, checkpoints.make_handler(self), max_request=checkpoints.MAX_REQUEST
+        )
+        gossip.rpc.set_handler(inputs.PROTOCOL, inputs.make_handler(self), max_request=inputs.MAX_REQUEST)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every market task until cancelled; `started()` once messages are being taken."""
+        self._warn_test_behaviours()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.watch.run)
             nursery.start_soon(self.solver.run)
+            nursery.start_soon(self.defender.run)
             nursery.start_soon(self.submitter.run)
+            for agent in (self.canaries, self.voter, self.challenger, self.referee, self.verifier):
+                nursery.start_soon(agent.run)
             nursery.start_soon(self._reannounce_models)
             task_status.started()
             await self._owner()
+
+    def _warn_test_behaviours(self) -> None:
+        if not self.solver.behaviour.honest:
+            log.warning("TEST BEHAVIOUR: this solver cheats on purpose", behaviour=self.solver.behaviour.name)
+        if not self.verifier_behaviour.honest:
+            log.warning(
+                "TEST BEHAVIOUR: this verifier cheats on purpose", behaviour=self.verifier_behaviour.name
+            )
 
     def close(self) -> None:
         """Close the blob store; only once nothing serves blobs any more (the daemon's nursery is done)."""
@@ -188,6 +235,11 @@ class MarketService:
         path = await self.exchange.fetch(blob_id, peers)
         return await self.in_thread(path.read_bytes)
 
+    async def ensure_connected(self, peer: str) -> None:
+        """Dial `peer` unless already connected (best effort: a request to it then says why not)."""
+        if peer != self.identity.peer_id and peer not in set(self.transport.connected_peers()):
+            await self._dial(peer)
+
     async def _dial(self, peer: str) -> None:
         """Connect to `peer` through the addresses it announced or peer exchange learned (best effort)."""
         addrs = [*self.book.addrs.get(peer, ()), *self._known_addrs(peer)]
@@ -235,6 +287,8 @@ class MarketService:
             "encryption_key": self.encryption_key.hex(),
             "height": self.ledger.height,
             "solver": self.solver.status(),
+            "checkpoints_kept": len(self.checkpoints.jobs()),
+            "dispute_moves": [asdict(m) for m in self.defender.moves[-20:]],
             "submitted": len(self.submitter.jobs),
             "models_served": len(self.models),
             "executor_running": self.executor.running,

@@ -14,10 +14,15 @@ public key. Before bidding we fetch the spec blob and check it is the spec the l
 
 Work (a job assigned to us, seen in a committed state): fetch the model (checked against its
 hash) and, when the job has a private input, wait for the submitter's sealed input and open
-it; run it on the Executor (off the event loop) while publishing progress; store the result
+it; run it on the Executor (off the event loop) while publishing progress, keeping every
+checkpoint state of a training run (and the leaves of an inference trace) in the checkpoint
+store (checkpoints.py) until the job is settled and any dispute over it is over; store the result
 bundle as a blob; commit {output_hash, trace_root, result_size}; then announce the result
 blob until the job is settled. If the job leaves "assigned" before we commit (deadline
 missed), the work is cancelled.
+
+`SolverPolicy.behaviour` selects a TEST behaviour (behaviours.py): anything but "honest"
+cheats on purpose, to exercise spot checks and disputes on a test net.
 
 Error handling: a failure in one job (a blob no one serves, a bad input, a refused tx) marks
 that job's record "failed" and is logged; it never stops the agent.
@@ -34,7 +39,7 @@ import structlog
 import trio
 
 from compute.errors import ComputeError
-from compute.executor import Progress, run_inference, run_training
+from compute.executor import Progress
 from compute.jobs import InferenceSpec, JobSpec
 from compute.models import Model
 from gossip.blobs import BlobError
@@ -43,7 +48,9 @@ from ledger.params import BPS
 from ledger.payout import min_bond
 from ledger.state import State
 from peer.market import wire
+from peer.market.behaviours import SolverBehaviour
 from peer.market.bundles import Result, inference_bundle, training_bundle
+from peer.market.checkpoints import prune
 from peer.market.errors import MarketError
 from peer.market.sealed import open_sealed
 
@@ -66,6 +73,7 @@ class SolverPolicy:
     price_bps: int = 8_000
     min_price: int = 1
     max_jobs: int = 2
+    behaviour: str = "honest"  # a TEST behaviour other than "honest" cheats on purpose (behaviours.py)
 
     def price(self, bounty: int, max_price: int | None) -> int | None:
         """Our price for a job, or None when the job pays less than our floor."""
@@ -129,6 +137,7 @@ class Solver:
     def __init__(self, market: MarketService, policy: SolverPolicy) -> None:
         self.market = market
         self.policy = policy
+        self.behaviour = SolverBehaviour(policy.behaviour)
         self.records: dict[str, WorkRecord] = {}  # job id -> record (bids and work), owned by `run`
         self._working: set[str] = set()
         self._warned_unregistered = False
@@ -148,6 +157,7 @@ class Solver:
             "price_bps": self.policy.price_bps,
             "min_price": self.policy.min_price,
             "max_jobs": self.policy.max_jobs,
+            "behaviour": self.behaviour.name,
             "working": sorted(self._working),
         }
 
@@ -257,6 +267,9 @@ class Solver:
         if excess > 0:  # forget the oldest jobs we are done with
             for job_id in [j for j in self.records if j not in self._working][:excess]:
                 del self.records[job_id]
+        done = prune(self.market, state)
+        if done:
+            nursery.start_soon(self._drop_checkpoints, done)
         for job_id, record in self.records.items():
             job = state.jobs.get(job_id)
             if record.phase == "bid" and job is not None and job.status != "open" and job.solver != me:
@@ -274,6 +287,11 @@ class Solver:
             self.records[job_id] = record
             self._working.add(job_id)
             nursery.start_soon(self._work, note, record)
+
+    async def _drop_checkpoints(self, job_ids: list[str]) -> None:
+        """Forget the checkpoints of settled jobs whose disputes (if any) are over."""
+        for job_id in job_ids:
+            await self.market.in_thread(self.market.checkpoints.drop, job_id)
 
     async def _work(self, note: wire.JobNote, record: WorkRecord) -> None:
         try:
@@ -334,12 +352,23 @@ class Solver:
         def progress(done: int, total: int) -> None:
             record.done, record.total = done, total
 
+        behaviour, store = self.behaviour, self.market.checkpoints
+
         def job(cancel: threading.Event, post: Progress) -> tuple[Any, float, float]:
             wall, cpu = time.perf_counter(), time.thread_time()
+            out: Any
             if isinstance(spec, InferenceSpec):
-                out: Any = run_inference(spec, model, private or b"", progress=post, cancel=cancel)
+                out, _ = behaviour.infer(
+                    spec, model, private or b"", job_id=job_id, progress=post, cancel=cancel
+                )
+                store.seal_batches(job_id, out.batch_hashes, out.root)  # the leaves a dispute asks for
             else:
-                out = run_training(spec, model, private, progress=post, cancel=cancel)
+                recorder = store.recorder(job_id)  # every state, kept for spot checks and disputes
+                weights, trace, _ = behaviour.train(
+                    spec, model, private, job_id=job_id, progress=post, cancel=cancel, on_checkpoint=recorder
+                )
+                store.seal(job_id, trace)
+                out = (weights, trace)
             return out, time.perf_counter() - wall, time.thread_time() - cpu
 
         out, record.times["compute_s"], record.times["compute_cpu_s"] = await self.market.executor.run(

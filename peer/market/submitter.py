@@ -79,6 +79,7 @@ class SubmittedJob:
     spec: JobSpec
     private: bytes | None = field(repr=False)
     input_blob: str = ""
+    own_input_blob: str = ""  # the input sealed to our own key, served to verifiers (inputs.py)
     result_blob: str = ""
     verified: bool = False
     result_state: str = "waiting"  # -> "verified", "failed" (`error` says why) or "none" (no result)
@@ -221,6 +222,7 @@ class Submitter:
             if status not in job.heights:
                 job.heights[status], job.times[status] = height, time.time()
             if status == "assigned" and job.private is not None and not job.input_blob:
+                await self.market.canaries.seal(job.job_id, job.spec.hash)  # before the solver can start
                 try:
                     await self._send_input(job, record)
                 except (MarketError, BlobError, OSError) as e:  # the solver will miss its deadline
@@ -241,7 +243,9 @@ class Submitter:
         key = bytes.fromhex(record["encryption_key"])
         sealed = await market.in_thread(seal, key, job.private, job.job_id.encode())
         job.input_blob = await market.put_blob(sealed)
-        job.private = None  # only the sealed form is kept
+        own = await market.in_thread(seal, market.encryption_key, job.private, job.job_id.encode())
+        job.own_input_blob = await market.put_blob(own)
+        job.private = None  # only sealed forms are kept
         job.times["input_sent"] = time.time()
         await market.publish(wire.InputNote(job.job_id, job.input_blob, record["solver"]))
 
@@ -273,6 +277,11 @@ class Submitter:
             return
 
     # ---- queries --------------------------------------------------------------------------------
+
+    def own_input(self, job_id: str) -> str | None:
+        """The blob of `job_id`'s input sealed to our own key, if we submitted it with one."""
+        job = self.jobs.get(job_id)
+        return (job.own_input_blob or None) if job is not None else None
 
     def view(self, job_id: str) -> dict[str, Any]:
         """The ledger's record of a job, its phase and progress, and this peer's records of it."""

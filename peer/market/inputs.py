@@ -1,0 +1,180 @@
+"""A job's private input, served by its submitter to the peers that must re-execute the job.
+
+Spot checks and dispute referees re-run part of a job, so they need its private input (the
+inference inputs or the training dataset file). The submitter keeps the input sealed to its
+own X25519 key in its blob store (`Submitter`: `SubmittedJob.own_input_blob`) and serves it
+over `/hivemesh/market/input/1` (request/response, msgpack):
+
+    request  {"job_id": hex, "key": 32-byte X25519 public key}
+    response {"blob": id of the input sealed to `key`, bound to the job id}
+
+The requester is the stream's remote peer, authenticated by the transport (its peer id is its
+ledger address). It is served only while the job has a result to check ("committed" or
+"disputed") and only when it is a registered "verifier" on the ledger or a validator on the
+committee of the job's dispute; never the job's own solver (it has the input already). The
+response is sealed (peer/market/sealed.py) to the key carried in the request, so only that
+peer can open it even though the blob itself is served to anyone who asks for it by id.
+
+`fetch_input` (client) asks the submitter, fetches the sealed blob, opens it and checks it
+against the input hash the spec names. None when the job has no private input.
+
+Error handling: refusals go back as RemoteError and become `InputUnavailable` on the client;
+an input that does not open or does not hash to the spec's value is `BadInput`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from compute import canonical
+from compute.datasets import BlobDataset, Dataset, decode_inputs, inputs_hash
+from compute.errors import ComputeError
+from compute.jobs import InferenceSpec, JobSpec
+from gossip.blobs import BlobError
+from gossip.errors import GossipError
+from ledger.disputes import dispute_id_for
+from peer.market.errors import MarketError
+from peer.market.sealed import KEY_BYTES, SealError, open_sealed, seal
+
+if TYPE_CHECKING:
+    from peer.market.service import MarketService
+
+log = structlog.get_logger(__name__)
+
+PROTOCOL = "/hivemesh/market/input/1"
+MAX_REQUEST = 1024
+MAX_RESPONSE = 4096
+REQUEST_TIMEOUT_S = 30.0
+SERVE_STATUSES = frozenset({"committed", "disputed"})
+
+
+class InputUnavailable(MarketError):
+    """The submitter did not (or could not) hand over the job's input."""
+
+    status = 503
+    code = "input_unavailable"
+
+
+class BadInput(MarketError):
+    """The input served is not the one the job's spec names."""
+
+    status = 502
+    code = "bad_input"
+
+
+class Refused(GossipError):
+    """An input request this peer will not answer (its message goes back to the requester)."""
+
+
+def has_private_input(spec: JobSpec) -> bool:
+    """Inference inputs are always private; a training dataset is when the spec names it by hash."""
+    return isinstance(spec, InferenceSpec) or isinstance(spec.dataset, BlobDataset)
+
+
+def check_input(spec: JobSpec, data: bytes) -> None:
+    """Raise BadInput unless `data` is the input `spec` names (blocking: torch decoding)."""
+    try:
+        if isinstance(spec, InferenceSpec):
+            actual, expected = inputs_hash(decode_inputs(data)), spec.inputs_hash
+        else:
+            actual, expected = Dataset.from_bytes(data).hash, getattr(spec.dataset, "hash", "")
+    except ComputeError as e:
+        raise BadInput(f"the input served is malformed: {e}") from None
+    if actual != expected:
+        raise BadInput(f"the input served hashes to {actual[:16]}, the spec names {expected[:16]}")
+
+
+def may_fetch(service: MarketService, job: dict[str, Any], requester: str) -> str:
+    """ "" when `requester` may have the input of `job`, else why not."""
+    state = service.ledger.state
+    if job["status"] not in SERVE_STATUSES:
+        return f"job {job['job_id']} is {job['status']}, not being checked"
+    if requester == job["solver"]:
+        return "the solver of a job has its input already"
+    account = state.accounts.get(requester)
+    if account is not None and account.has_role("verifier"):
+        return ""
+    dispute = state.disputes.get(dispute_id_for(job["job_id"]))
+    if dispute is not None and dispute.active and requester in dict(dispute.committee):
+        return ""
+    return f"{requester} is neither a registered verifier nor on the dispute committee of this job"
+
+
+def _parse_request(body: Any) -> tuple[str, bytes]:
+    if not isinstance(body, dict) or set(body) != {"job_id", "key"}:
+        raise Refused("an input request is {job_id, key}")
+    job_id, key = body["job_id"], body["key"]
+    if not canonical.is_hash(job_id) or not isinstance(key, bytes) or len(key) != KEY_BYTES:
+        raise Refused("job_id must be a hex hash and key a 32-byte X25519 public key")
+    return job_id, key
+
+
+def make_handler(service: MarketService) -> Any:
+    """The protocol handler: the submitter side (see the module docstring)."""
+
+    async def handle(peer: str, body: Any) -> dict[str, Any]:
+        job_id, key = _parse_request(body)
+        job = service.ledger.job(job_id)
+        if job is None or job["submitter"] != service.ledger.address:
+            raise Refused(f"this peer did not submit job {job_id}")
+        why_not = may_fetch(service, job, peer)
+        if why_not:
+            log.info("input request refused", job=job_id[:16], peer=peer, reason=why_not)
+            raise Refused(why_not)
+        own = service.submitter.own_input(job_id)
+        if own is None:
+            raise Refused(f"job {job_id} has no private input here")
+        context = job_id.encode()
+        try:
+            sealed_own = await service.read_blob(own)
+            plain = await service.in_thread(open_sealed, service.x25519, sealed_own, context)
+            sealed = await service.in_thread(seal, key, plain, context)
+        except (BlobError, OSError, SealError) as e:
+            log.warning("cannot serve a job input", job=job_id[:16], error=str(e))
+            raise Refused(f"the input of job {job_id} cannot be served: {e}") from None
+        return {"blob": await service.put_blob(sealed)}
+
+    return handle
+
+
+async def fetch_input(service: MarketService, job: dict[str, Any]) -> bytes | None:
+    """The private input of `job` (a ledger job record) from its submitter, checked against the spec.
+
+    None when the job has no private input (a training job on a synthetic dataset).
+
+    Raises:
+        InputUnavailable: no spec announcement, the submitter refused or is unreachable.
+        BadInput: the envelope does not open for us, or the input is not the one the spec names.
+    """
+    job_id, submitter = job["job_id"], job["submitter"]
+    note = service.book.jobs.get((job_id, submitter))
+    if note is None:
+        raise InputUnavailable(f"job {job_id} has not been announced to this peer (no spec blob known)")
+    spec = await service.load_spec(note.spec_blob, job)
+    if not has_private_input(spec):
+        return None
+    await service.ensure_connected(submitter)
+    try:
+        reply = await service.gossip.rpc.request(
+            submitter,
+            PROTOCOL,
+            {"job_id": job_id, "key": service.encryption_key},
+            timeout=REQUEST_TIMEOUT_S,
+            max_response=MAX_RESPONSE,
+        )
+    except GossipError as e:
+        raise InputUnavailable(f"the submitter of job {job_id} did not hand over its input: {e}") from None
+    if not isinstance(reply, dict) or set(reply) != {"blob"} or not isinstance(reply["blob"], str):
+        raise BadInput(f"malformed input answer for job {job_id}")
+    try:
+        sealed = await service.fetch_blob(reply["blob"], [submitter])
+    except BlobError as e:
+        raise InputUnavailable(f"cannot fetch the sealed input of job {job_id}: {e}") from None
+    try:
+        data = await service.in_thread(open_sealed, service.x25519, sealed, job_id.encode())
+    except SealError as e:
+        raise BadInput(f"the input of job {job_id} does not open: {e}") from None
+    await service.in_thread(check_input, spec, data)
+    return data

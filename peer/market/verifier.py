@@ -1,0 +1,214 @@
+"""The verifier agent: spot-check committed results, report, and dispute the wrong ones.
+
+Runs when the peer's config says `verifier = true` and its account holds the "verifier" role
+(`hivemesh tx register verifier`). On every committed state it looks for jobs whose sample
+seed is drawn (ledger/audits.py) that it may report on: "committed", not solved or submitted
+by this peer, not reported by it yet, canary not revealed. For each one (a task per job):
+
+1. gather the material (peer/market/challenger.py: spec, model, private input from the
+   submitter, the solver's result bundle checked against its commitment);
+2. re-run the items `ledger.randomness.sample_indices(seed, job_id, n, rate)` picks, n the
+   number of leaves of the trace (inference batches, training checkpoints) and rate the one
+   the ledger fixed (or `min_rate_bps` when higher: the sample then grows to a superset of the
+   ledger's, because the draw is a prefix of one shuffle). Inference item i: batch i.
+   Training item i: the segment from checkpoint i - 1 to i (item 0: from the spec's initial
+   state to checkpoint 1), started from the solver's proven state; when the solver does not
+   serve that state, from the initial state;
+3. post verify_report {"ok" | "bad"} with the seed it used;
+4. on "bad": open a dispute (challenger.py) claiming the first bad leaf with the hash it
+   recomputed there, and hand the voter first-hand evidence against the solver.
+
+`behaviour = "lazy"` is a test behaviour (peer/market/behaviours.py): it reports "ok" at once
+without running anything, which canaries and disputes must catch.
+
+Error handling: a job whose material or checks fail (no input, unreachable solver, compute
+error) gets no report (a wrong "ok" would cost the bond); it is logged and not retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from compute.errors import ComputeError
+from compute.jobs import InferenceSpec
+from compute.verify import check_batches
+from gossip.blobs import BlobError
+from ledger.params import BPS
+from ledger.randomness import sample_indices
+from ledger.state import State
+from peer.market.challenger import Challenger, Material, check_segment_from, gather, on_executor
+from peer.market.checkpoints import CheckpointError
+from peer.market.errors import MarketError, TxFailed
+
+if TYPE_CHECKING:
+    from peer.market.service import MarketService
+    from peer.market.voter import Voter
+
+log = structlog.get_logger(__name__)
+
+MAX_CONCURRENT_CHECKS = 4
+MAX_RECORDS = 1000
+
+
+@dataclass
+class Check:
+    """One spot check of this verifier (the API shows them)."""
+
+    job_id: str
+    phase: str = "checking"  # -> "reported", "disputed" or "failed"
+    verdict: str = ""
+    items: tuple[int, ...] = ()
+    bad_index: int = -1
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "phase": self.phase,
+            "verdict": self.verdict,
+            "items": list(self.items),
+            "bad_index": self.bad_index,
+            "error": self.error,
+        }
+
+
+def segments_for(items: list[int]) -> list[tuple[int, int]]:
+    """The (lo, hi) training segments that re-check sampled checkpoints `items`, in order."""
+    return sorted({(max(i, 1) - 1, max(i, 1)) for i in items})
+
+
+def effective_rate(ledger_rate_bps: int, min_rate_bps: int) -> int:
+    return min(BPS, max(ledger_rate_bps, min_rate_bps))
+
+
+class Verifier:
+    """The verifier actor of one peer (see the module docstring)."""
+
+    def __init__(
+        self,
+        market: MarketService,
+        challenger: Challenger,
+        *,
+        enabled: bool,
+        behaviour: str = "honest",
+        voter: Voter | None = None,
+        min_rate_bps: int = 0,
+    ) -> None:
+        self.market, self.challenger, self.voter = market, challenger, voter
+        self.enabled, self.behaviour, self.min_rate_bps = enabled, behaviour, min_rate_bps
+        self.checks: dict[str, Check] = {}  # job id -> check; written by the job's task
+        self._limit = trio.CapacityLimiter(MAX_CONCURRENT_CHECKS)
+        self._warned = False
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "behaviour": self.behaviour,
+            "registered": self.market.ledger.has_role("verifier"),
+            "checks": [c.to_json() for c in self.checks.values()],
+        }
+
+    async def run(self) -> None:
+        if not self.enabled:
+            return  # (a cheating test behaviour is logged by the service at start-up)
+        async with trio.open_nursery() as nursery:
+            height = 0
+            while True:
+                state = await self.market.watch.wait_above(height)
+                height = state.height
+                self._scan(state, nursery)
+
+    def _scan(self, state: State, nursery: trio.Nursery) -> None:
+        me = self.market.ledger.address
+        acct = state.accounts.get(me)
+        if acct is None or not acct.has_role("verifier"):
+            if not self._warned:
+                log.info("not verifying: this account is not a verifier (hivemesh tx register verifier)")
+                self._warned = True
+            return
+        for job_id, audit in sorted(state.audits.items()):
+            job = state.jobs.get(job_id)
+            if job is None or job.status != "committed" or not audit.sample_seed or audit.canary_expected:
+                continue
+            if job_id in self.checks or me in (job.solver, job.submitter) or (job_id, me) in state.reports:
+                continue
+            if len(self.checks) >= MAX_RECORDS:  # forget the oldest finished check
+                done = next((j for j, c in self.checks.items() if c.phase != "checking"), None)
+                if done is None:
+                    return
+                del self.checks[done]
+            self.checks[job_id] = Check(job_id)
+            nursery.start_soon(self._check, job_id, audit.sample_seed, audit.sample_rate_bps)
+
+    async def _check(self, job_id: str, seed: bytes, rate_bps: int) -> None:
+        check = self.checks[job_id]
+        try:
+            if self.behaviour == "lazy":
+                await self._report(job_id, "ok", seed)  # test behaviour: no re-execution at all
+                check.phase, check.verdict = "reported", "ok"
+                return
+            async with self._limit:
+                await self._honest_check(check, seed, rate_bps)
+        except (MarketError, ComputeError, BlobError, OSError) as e:
+            check.phase, check.error = "failed", str(e)
+            log.warning("spot check failed to run", job=job_id[:16], error=str(e))
+
+    async def _honest_check(self, check: Check, seed: bytes, rate_bps: int) -> None:
+        market = self.market
+        job = market.ledger.job(check.job_id)
+        if job is None:
+            raise MarketError(f"job {check.job_id} vanished from the ledger")
+        m = await gather(market, job)
+        n = len(m.leaves)
+        check.items = tuple(
+            sample_indices(seed, check.job_id, n, effective_rate(rate_bps, self.min_rate_bps))
+        )
+        bad = await first_bad(market, m, list(check.items))
+        check.verdict = "ok" if bad is None else "bad"
+        await self._report(check.job_id, check.verdict, seed)
+        check.phase = "reported"
+        log.info("spot check reported", job=check.job_id[:16], verdict=check.verdict, items=len(check.items))
+        if bad is None:
+            return
+        check.bad_index = bad[0]
+        if self.voter is not None:
+            self.voter.evidence(job["solver"], "solver", "failed_spot_check", check.job_id, f"leaf {bad[0]}")
+        try:
+            await self.challenger.open(m, *bad)
+        except TxFailed as e:  # another verifier's dispute came first, or the window closed
+            log.info("dispute not opened", job=check.job_id[:16], error=str(e))
+            return
+        check.phase = "disputed"
+
+    async def _report(self, job_id: str, verdict: str, seed: bytes) -> None:
+        body = {"job_id": job_id, "verdict": verdict, "sample_seed_used": seed}
+        await self.market.ledger.send("verify_report", body)
+
+
+async def first_bad(market: MarketService, m: Material, items: list[int]) -> tuple[int, str] | None:
+    """(leaf index, recomputed hash) of the first sampled item that fails, or None when all pass."""
+    leaves = m.leaves
+    if not items:
+        return None
+    if isinstance(m.spec, InferenceSpec):
+        hashes = [h for _, h in leaves]
+        checks = await on_executor(
+            market, check_batches, m.spec, m.model, m.private, m.result.output, hashes, items
+        )
+        bad = [c for c in checks if not c.ok]
+        return (bad[0].index, bad[0].recomputed_hash) if bad else None
+    if len(leaves) < 2:
+        return None  # a trace of only the initial state: nothing was trained to check
+    for lo, hi in segments_for(items):
+        try:
+            seg = await check_segment_from(market, m, lo, hi, leaves[hi][1])
+        except CheckpointError as e:  # the solver does not serve its state: re-run from the start
+            log.info("re-running from the initial state", job=m.job_id[:16], index=hi, error=str(e))
+            seg = await check_segment_from(market, m, 0, hi, leaves[hi][1])
+        if not seg.ok:
+            return hi, seg.recomputed_hash
+    return None

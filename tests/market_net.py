@@ -1,0 +1,142 @@
+"""An in-memory market network for tests: four peers with real ledgers and market services.
+
+A validator that is also the solver, a submitter, a registered verifier and an outsider (no
+verifier role) share one in-memory network and one chain (a single validator, so blocks come
+fast). Every ledger step is a real signed tx through consensus; the market services talk over
+their real request/response protocols, blob exchange and tasks topic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from gossip.errors import DialError
+from gossip.identity import Identity
+from gossip.memory_transport import MemoryNetwork
+from gossip.node import GossipNode
+from gossip.topics import TOPIC_TASKS
+from ledger.genesis import Genesis, GenesisValidator
+from ledger.node import LedgerNode
+from ledger.params import Params
+from ledger.store import LedgerStore
+from peer.ledger_service import LedgerService
+from peer.market.service import MarketService
+from peer.market.solver import SolverPolicy
+from peer.market.wire import validate_envelope
+from tests.ledger_cluster import (
+    BLOCK_SYNC_INTERVAL,
+    EMPTY_BLOCK_INTERVAL,
+    GOSSIP_SYNC_INTERVAL,
+    TEST_TIMEOUTS,
+)
+from tests.waiting import wait_until
+
+NAMES = ("solver", "submitter", "verifier", "outsider")
+IDS = {n: Identity.from_seed(hashlib.sha256(f"checkpoint-service/{n}".encode()).digest()) for n in NAMES}
+MLP = {"arch": "mlp", "in": 16, "hidden": [32], "out": 4}
+GENESIS = Genesis(
+    chain_id="hm-checkpoint-service",
+    balances={i.peer_id: 10_000_000 for i in IDS.values()},
+    validators=(GenesisValidator(IDS["solver"].peer_id, IDS["solver"].public, 1_000, 0),),
+    params=Params(min_fee=1, registration_burn=10, min_challenge_window_blocks=2),
+    genesis_time_ms=1_000,
+)
+
+
+@dataclass
+class Net:
+    markets: dict[str, MarketService]
+
+    def __getitem__(self, name: str) -> MarketService:
+        return self.markets[name]
+
+
+async def _peer(
+    net: MemoryNetwork, identity: Identity, home: Path, others: list[str], task_status: Any
+) -> None:
+    store = LedgerStore(home / "ledger.sqlite")
+    try:
+        async with trio.open_nursery() as nursery:
+            transport = net.transport(identity)
+            await nursery.start(transport.serve)
+            for addr in others:
+                with suppress(DialError):
+                    await transport.connect(addr)
+            gossip = GossipNode(transport, identity, CollectorRegistry(), sync_interval=GOSSIP_SYNC_INTERVAL)
+            tasks = gossip.subscribe(TOPIC_TASKS, validate_envelope)
+            node = LedgerNode(
+                gossip,
+                identity,
+                store,
+                GENESIS,
+                registry=CollectorRegistry(),
+                timeouts=TEST_TIMEOUTS,
+                empty_block_interval=EMPTY_BLOCK_INTERVAL,
+                sync_interval=BLOCK_SYNC_INTERVAL,
+            )
+            await nursery.start(gossip.serve)
+            await nursery.start(node.serve)
+            market = MarketService(
+                identity=identity,
+                transport=transport,
+                gossip=gossip,
+                ledger=LedgerService(node, store, identity, GENESIS),
+                data_dir=home / "data",
+                policy=SolverPolicy(enabled=False),
+                own_addrs=transport.listen_addrs,
+            )
+            await nursery.start(market.serve)
+
+            async def forward() -> None:
+                async for envelope in tasks:
+                    await market.deliver(envelope)
+
+            nursery.start_soon(forward)
+            task_status.started((market, transport.listen_addrs()[0]))
+    finally:
+        store.close()
+
+
+@asynccontextmanager
+async def market_net(root: Path) -> AsyncIterator[Net]:
+    net = MemoryNetwork(seed=11)
+    markets: dict[str, MarketService] = {}
+    addrs: list[str] = []
+    async with trio.open_nursery() as nursery:
+        for name in NAMES:
+            (root / name).mkdir()
+            market, addr = await nursery.start(_peer, net, IDS[name], root / name, list(addrs))
+            markets[name] = market
+            addrs.append(addr)
+        await wait_until(lambda: all(m.ledger.height >= 1 for m in markets.values()), timeout=45)
+        await markets["solver"].ledger.send("register", {"role": "solver"})
+        await markets["verifier"].ledger.send("register", {"role": "verifier"})
+        await markets["submitter"].ledger.send("register", {"role": "model_owner"})
+        yield Net(markets)
+        nursery.cancel_scope.cancel()
+
+
+async def assign(net: Net, job_id: str) -> dict[str, Any]:
+    solver = net["solver"]
+    await wait_until(lambda: solver.ledger.job(job_id) is not None, timeout=45)
+    body = {"job_id": job_id, "price": 100, "bond": 100, "encryption_key": solver.encryption_key}
+    await solver.ledger.send("job_bid", body)
+    await wait_until(lambda: (solver.ledger.job(job_id) or {}).get("status") == "assigned", timeout=45)
+    return solver.ledger.job(job_id) or {}
+
+
+async def committed(net: Net, job_id: str, commitment: dict[str, Any]) -> dict[str, Any]:
+    await net["solver"].ledger.send("job_commit", {"job_id": job_id, **commitment})
+    for market in net.markets.values():
+        await wait_until(
+            lambda m=market: (m.ledger.job(job_id) or {}).get("status") == "committed", timeout=20
+        )
+    return net["verifier"].ledger.job(job_id) or {}

@@ -1,0 +1,111 @@
+"""The solver's dispute defence: a fake-train job is disputed and the defender bisects it in time.
+
+The market network of tests/market_net.py; the solver runs the "fake-train" test behaviour
+through its real solver code path (the checkpoint store keeps every state), and the test plays
+an honest challenger from an honest local run of the same spec. The defender must reveal and
+bisect with valid proofs until the game narrows to the faked segment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compute.datasets import SyntheticClasses
+from compute.executor import run_training
+from compute.jobs import OptimizerSpec, TrainingSpec
+from compute.models import Model
+from ledger.disputes import dispute_id_for, max_rounds
+from ledger.jobs import job_id_for
+from ledger.records_disputes import Dispute
+from peer.market.behaviours import SolverBehaviour
+from peer.market.bundles import training_bundle
+from peer.market.defender import next_move
+from tests.market_net import GENESIS, MLP, assign, committed, market_net
+from tests.trust_chain import Trace
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_next_move_proves_the_leaf_the_phase_asks_for() -> None:
+    trace = Trace(9)
+
+    def leaf(i: int) -> tuple[int, str, list[bytes], int] | None:
+        return (*trace.leaf(i), trace.proof(i), trace.n) if 0 <= i < trace.n else None
+
+    job = "ab" * 32
+    reveal = Dispute(job, "c", "s", "training", 1, 5, "x", "reveal", 9, 1)
+    assert next_move("d", reveal, leaf)["mid"] == 5
+    beyond = Dispute(job, "c", "s", "training", 1, 20, "x", "reveal", 9, 1)
+    assert next_move("d", beyond, leaf)["mid"] == 8  # the claim lies past the trace: prove the last leaf
+    bisect = Dispute(job, "c", "s", "training", 1, 5, "x", "bisect", 9, 1, lo=0, hi=5)
+    body = next_move("d", bisect, leaf)
+    assert (body["mid"], body["step"], body["hash"], body["n_leaves"]) == (2, 2, trace.hash_at(2), 9)
+    assert body["proof"] == trace.proof(2)
+    with pytest.raises(LookupError):
+        next_move("d", bisect, lambda i: None)
+
+
+async def test_defender_bisects_a_disputed_fake_train_job_down_to_the_faked_segment(tmp_path: Path) -> None:
+    model = Model.init(MLP, seed=0)
+    spec = TrainingSpec(
+        model.hash, SyntheticClasses(1, 96, (16,), 4), OptimizerSpec.sgd("0.1", "0.9"), 16, 16, 11, 1
+    )
+    _, honest = run_training(spec, model)
+    async with market_net(tmp_path) as net:
+        submitter, solver, verifier = net["submitter"], net["solver"], net["verifier"]
+        await submitter.ledger.send(
+            "model_register", {"model_hash": model.hash, "arch": "mlp", "royalty_bps": 0}
+        )
+        body = {
+            "spec_hash": spec.hash,
+            "model_hash": model.hash,
+            "kind": "training",
+            "bounty": 1_000,
+            "bid_window_blocks": 2,
+            "deadline_blocks": 200,
+            "challenge_window_blocks": 500,
+            "requirements": {},
+        }
+        posted = await submitter.ledger.send("job_post", body)
+        job_id = job_id_for(GENESIS.chain_id, submitter.ledger.address, posted["nonce"])
+        await assign(net, job_id)
+        behaviour = SolverBehaviour("fake-train", fraction=0.1)
+        recorder = solver.checkpoints.recorder(job_id)
+        weights, trace, faked = behaviour.train(spec, model, None, job_id=job_id, on_checkpoint=recorder)
+        solver.checkpoints.seal(job_id, trace)
+        assert len(faked) == 2  # round(16 segments * 0.1)
+        _, result = training_bundle(job_id, weights, trace)
+        job = await committed(net, job_id, result.commitment())
+
+        bad = next(
+            i for i, (a, b) in enumerate(zip(honest.checkpoints, trace.checkpoints, strict=True)) if a != b
+        )
+        assert bad == faked[0] + 1  # the end leaf of the first faked segment
+        claim = {"index": bad, "hash": honest.checkpoints[bad][1]}
+        await verifier.ledger.send("dispute_open", {"job_id": job["job_id"], "bond": 1_000, "claim": claim})
+        dispute_id = dispute_id_for(job_id)
+
+        def game() -> Dispute:
+            return verifier.ledger.state.disputes[dispute_id]
+
+        answered: set[int] = set()
+        while game().phase in ("reveal", "bisect", "respond"):  # the defender moves; we answer honestly
+            await wait_until(lambda: game().phase not in ("reveal", "bisect"), timeout=45)
+            d = game()
+            if d.phase == "respond" and d.rounds not in answered:
+                answered.add(d.rounds)
+                agree = honest.checkpoints[d.mid][1] == d.mid_hash
+                await verifier.ledger.send("dispute_respond", {"dispute_id": dispute_id, "agree": agree})
+                await wait_until(lambda n=d.rounds: game().rounds > n, timeout=45)
+        d = game()
+        assert (d.lo, d.hi) == (bad - 1, bad)  # narrowed to the faked segment
+        assert d.rounds == len(answered) <= max_rounds(bad)
+        assert d.n_leaves == len(trace.checkpoints)
+        moves = solver.defender.moves
+        assert moves[0].phase == "reveal" and moves[0].mid == bad
+        assert [m.phase for m in moves[1:]] == ["bisect"] * d.rounds and not any(m.error for m in moves)
+        await wait_until(lambda: game().phase == "closed", timeout=45)
+        assert game().reason == "no_committee"  # the only validator is the solver itself
