@@ -3,14 +3,13 @@
 Part 1, detection. A real training run (strict mode, an MLP on a synthetic set) at several
 checkpoint granularities; the "fake-train" test behaviour skips 10% of the segments and
 fabricates their checkpoints. For each granularity and spot-check rate, over many seeded
-sample draws (`ledger.randomness.sample_indices` with the ledger's rule, items mapped to
-segments as peer/market/verifier.py does: item i re-checks segment (i - 1, i), item 0 segment
-(0, 1)), it counts how often the sample holds a faked segment. Overhead = re-executed steps /
+sample draws (peer/market/verifier.py `sampled_leaves`: the ledger's sample rule over the
+trace's segments, labelled by the verifier), it counts how often the sample holds a faked
+segment. Overhead = re-executed steps /
 total steps (mean over draws); the wall time of a real re-execution of one draw's sample
 (compute.verify.check_segment from the solver's states) is measured against the honest run.
-"k verifiers (independent)" shows what k verifiers would give if each drew its own sample;
-under the ledger's rule every verifier draws the same sample from the job's seed, so k
-verifiers cost k times the overhead for the detection of one.
+"k verifiers" shows what k verifiers give together: each draws its own sample (the label
+holds its address), so their detection compounds.
 
 Part 2, disputes. Rounds: the pure ledger game (real signed txs through `apply_block`, as
 tests/test_disputes.py does) over the real trace of each granularity, with the solver's
@@ -45,10 +44,10 @@ from compute.train_state import encode_state, initial_state
 from compute.verify import SegmentCheck, check_segment
 from gossip.blobs import BlobStore
 from ledger.disputes import dispute_id_for
-from ledger.randomness import sample_indices
 from peer.market.behaviours import SolverBehaviour
 from peer.market.checkpoints import CheckpointStore
 from peer.market.defender import next_move
+from peer.market.verifier import sampled_leaves
 from tests.trust_chain import CHALLENGER, SOLVER, A, TrustChain
 
 MLP = {"arch": "mlp", "in": 16, "hidden": [64], "out": 4}
@@ -78,9 +77,9 @@ class Run:
         return self.store.blobs.read(entry["leaves"][index][2])
 
 
-def segments_for(items: list[int]) -> list[int]:
-    """Segment indices (segment j: leaf j -> j + 1) that a verifier re-runs for sampled items."""
-    return sorted({max(i, 1) - 1 for i in items})
+def sampled_segments(seed: bytes, job_id: str, verifier: str, n_leaves: int, rate_bps: int) -> list[int]:
+    """Segment indices (segment j: leaf j -> j + 1) that a verifier re-runs."""
+    return [leaf - 1 for leaf in sampled_leaves(seed, job_id, verifier, True, n_leaves, rate_bps)]
 
 
 def spec_for(model: Model, steps: int, every: int) -> TrainingSpec:
@@ -110,9 +109,8 @@ def detection(run: Run, rate_bps: int, draws: int, verifiers: int = 1) -> tuple[
         seed = hashlib.sha256(b"draw-%d" % d).digest()
         union: set[int] = set()
         rerun = 0
-        for v in range(verifiers):  # an independent draw per verifier (not the ledger's rule today)
-            label = run.job_id if v == 0 else f"{run.job_id}/{v}"
-            segments = segments_for(sample_indices(seed, label, run.n_leaves, rate_bps))
+        for v in range(verifiers):  # each verifier draws its own sample
+            segments = sampled_segments(seed, run.job_id, f"verifier-{v}", run.n_leaves, rate_bps)
             rerun += sum(steps[j + 1] - steps[j] for j in segments)
             union |= set(segments)
         hits += bool(union & faked)
@@ -123,7 +121,7 @@ def detection(run: Run, rate_bps: int, draws: int, verifiers: int = 1) -> tuple[
 def reexecute(run: Run, model: Model, rate_bps: int) -> tuple[float, int, int, bool]:
     """Really re-run one draw's sample: (seconds, segments run, segments failed, failures == faked ones)."""
     seed = hashlib.sha256(b"draw-0").digest()
-    segments = segments_for(sample_indices(seed, run.job_id, run.n_leaves, rate_bps))
+    segments = sampled_segments(seed, run.job_id, "verifier-0", run.n_leaves, rate_bps)
     steps = run.trace.steps
     t = time.perf_counter()
     failed = set()

@@ -53,7 +53,7 @@ from peer.market.canaries import answer_of_settled, make_canary, reveal_height
 from peer.market.challenger import Material
 from peer.market.errors import MarketError
 from peer.market.referee import verdict_of
-from peer.market.verifier import Verifier, effective_rate, first_bad, segments_for
+from peer.market.verifier import Verifier, effective_rate, first_bad, sampled_leaves, segments_for
 from peer.market.voter import Observations, bonded_stake, evidence_bytes
 from tests.market_net import GENESIS, assign, committed, market_net
 from tests.waiting import wait_until
@@ -123,6 +123,21 @@ def test_a_higher_rate_samples_a_superset_of_the_ledgers_sample() -> None:
         assert high >= low
         assert set(sample_indices(seed, JOB_ID, n, low)) <= set(sample_indices(seed, JOB_ID, n, high))
     assert effective_rate(2_750, 0) == 2_750 and effective_rate(100, 20_000) == 10_000
+
+
+def test_verifiers_sample_independently_and_training_samples_whole_segments() -> None:
+    rng = random.Random(7)
+    differ = 0
+    for _ in range(100):
+        seed, n = rng.randbytes(32), rng.randint(2, 200)
+        a = sampled_leaves(seed, JOB_ID, "verifier-a", True, n, 1_000)
+        b = sampled_leaves(seed, JOB_ID, "verifier-b", True, n, 1_000)
+        assert a == sampled_leaves(seed, JOB_ID, "verifier-a", True, n, 1_000)  # deterministic
+        assert all(1 <= leaf < n for leaf in a)  # a segment end: leaf 0 is the spec's initial state
+        assert len(set(segments_for(a))) == len(a)  # no two picks re-run the same segment
+        differ += a != b
+        assert all(0 <= leaf < n for leaf in sampled_leaves(seed, JOB_ID, "v", False, n, 1_000))
+    assert differ > 50
 
 
 def test_training_items_map_to_the_segments_that_recheck_them() -> None:
@@ -395,7 +410,7 @@ async def test_the_verifier_reports_and_its_challenger_bisects_a_fake_train_job(
     )
     check = agent.checks[job_id]
     assert (check.verdict, check.phase, check.bad_index) == ("bad", "disputed", bad)
-    assert check.items == tuple(range(len(trace.checkpoints)))
+    assert check.items == tuple(range(1, len(trace.checkpoints)))  # every segment, at rate 100%
     d = verifier.ledger.state.disputes[dispute_id]
     assert (d.challenger, d.claim_index, d.claim_hash) == (
         verifier.ledger.address,

@@ -7,13 +7,13 @@ by this peer, not reported by it yet, canary not revealed. For each one (a task 
 
 1. gather the material (peer/market/challenger.py: spec, model, private input from the
    submitter, the solver's result bundle checked against its commitment);
-2. re-run the items `ledger.randomness.sample_indices(seed, job_id, n, rate)` picks, n the
-   number of leaves of the trace (inference batches, training checkpoints) and rate the one
-   the ledger fixed (or `min_rate_bps` when higher: the sample then grows to a superset of the
-   ledger's, because the draw is a prefix of one shuffle). Inference item i: batch i.
-   Training item i: the segment from checkpoint i - 1 to i (item 0: from the spec's initial
-   state to checkpoint 1), started from the solver's proven state; when the solver does not
-   serve that state, from the initial state;
+2. re-run the units `sampled_leaves` picks with `ledger.randomness.sample_indices`: the job's
+   seed, the label "<job id>/<this verifier's address>" (so two verifiers check independent
+   samples and together catch more than one), and the rate the ledger fixed (or `min_rate_bps`
+   when higher: the sample then grows to a superset, because the draw is a prefix of one
+   shuffle). Inference unit i: batch i (leaf i). Training unit s: the segment from checkpoint s
+   to s + 1 (checked at leaf s + 1), started from the solver's proven state at s; when the
+   solver does not serve that state, from the spec's initial state;
 3. post verify_report {"ok" | "bad"} with the seed it used;
 4. on "bad": open a dispute (challenger.py) claiming the first bad leaf with the hash it
    recomputed there, and hand the voter first-hand evidence against the solver.
@@ -74,6 +74,16 @@ class Check:
             "bad_index": self.bad_index,
             "error": self.error,
         }
+
+
+def sampled_leaves(
+    seed: bytes, job_id: str, verifier: str, training: bool, n_leaves: int, rate_bps: int
+) -> list[int]:
+    """The leaf indices a verifier checks: batches for inference, segment ends for training."""
+    label = f"{job_id}/{verifier}"
+    if not training:
+        return sample_indices(seed, label, n_leaves, rate_bps)
+    return [s + 1 for s in sample_indices(seed, label, max(0, n_leaves - 1), rate_bps)]
 
 
 def segments_for(items: list[int]) -> list[tuple[int, int]]:
@@ -163,9 +173,10 @@ class Verifier:
         if job is None:
             raise MarketError(f"job {check.job_id} vanished from the ledger")
         m = await gather(market, job)
-        n = len(m.leaves)
+        rate = effective_rate(rate_bps, self.min_rate_bps)
+        training = not isinstance(m.spec, InferenceSpec)
         check.items = tuple(
-            sample_indices(seed, check.job_id, n, effective_rate(rate_bps, self.min_rate_bps))
+            sampled_leaves(seed, check.job_id, market.identity.peer_id, training, len(m.leaves), rate)
         )
         bad = await first_bad(market, m, list(check.items))
         check.verdict = "ok" if bad is None else "bad"
