@@ -3,8 +3,9 @@
 commitment = sha256("hivemesh/canary/v1\\0" || bytes(expected_output_hash) || salt), as hex
 (`canary_commitment`); salt is 16..64 random bytes.
 
-- canary_seal {job_id, commitment} by the submitter while the job is "assigned" (after the
-  winner is chosen, before the result), once per job. Verifiers cannot tell a canary from a
+- canary_seal {job_id, commitment} by the submitter while the job is "open" or "assigned"
+  (before the result), once per job. Sealing while open lets a submitter whose job has no
+  private input seal before any solver can commit. Verifiers cannot tell a canary from a
   decoy: a submitter agent seals every job, most with a random commitment it never opens.
 - canary_reveal {job_id, expected_output_hash, salt} by the submitter while the job is
   "committed" (its challenge window). After it, no more verify_report is taken for the job.
@@ -52,8 +53,8 @@ def _submitted_job(j: Journal, job_id: str, sender: str) -> Job:
 def canary_seal(j: Journal, tx: Tx, sender: str) -> None:
     job_id = tx.body["job_id"]
     job = _submitted_job(j, job_id, sender)
-    if job.status != "assigned":
-        raise WrongJobStatus(job_id, job.status, "assigned (a canary is sealed before the result)")
+    if job.status not in ("open", "assigned"):
+        raise WrongJobStatus(job_id, job.status, "open or assigned (a canary is sealed before the result)")
     record = j.state.audits.get(job_id, Audit())
     if record.canary:
         raise CanaryError(f"job {job_id} already has a sealed canary")

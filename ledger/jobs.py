@@ -238,6 +238,7 @@ def job_cancel(j: Journal, tx: Tx, sender: str) -> None:
             credit(j, solver, bid.bond)
     credit(j, sender, job.bounty)
     _close(j, job_id, job, "cancelled")
+    audits.settle_job(j, job_id, None)  # drops a canary sealed while open
 
 
 # ---- end_block ------------------------------------------------------------------------------
@@ -263,6 +264,7 @@ def _choose_winner(j: Journal, job_id: str, job: Job) -> None:
     if not winner:
         credit(j, job.submitter, job.bounty)
         _close(j, job_id, job, "expired")
+        audits.settle_job(j, job_id, None)  # drops a canary sealed while open
         return
     won = dict(bids)[winner]
     assigned = replace(

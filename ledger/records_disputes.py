@@ -177,8 +177,9 @@ def game_problems(state: State) -> list[str]:
         job = state.jobs.get(d.job_id)
         if d.bond < 0 or (d.active and (job is None or job.status != "disputed")):
             problems.append(f"dispute {did}: bond {d.bond}, job status {job.status if job else None}")
+    live = ("open", "assigned", "committed", "disputed")
     for jid in sorted(state.audits):
-        if jid not in state.jobs or state.jobs[jid].status not in ("assigned", "committed", "disputed"):
+        if jid not in state.jobs or state.jobs[jid].status not in live:
             problems.append(f"audit of job {jid} outlived the job")
     for (jid, verifier), r in sorted(state.reports.items()):
         job = state.jobs.get(jid)

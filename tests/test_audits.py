@@ -11,15 +11,19 @@ import pytest
 from ledger import errors
 from ledger.audits import audit, spot_check_rate
 from ledger.canary import canary_commitment
-from ledger.jobs import job
+from ledger.jobs import job, job_id_for
 from ledger.payout import ema, share
 from ledger.randomness import sample_count, sample_indices
 from tests.trust_chain import (
+    BOUNTY,
+    CHAIN,
     CHALLENGER,
     JOB_BOND,
+    MODEL,
     PARAMS,
     PRICE,
     SOLVER,
+    SPEC,
     START,
     SUBMITTER,
     VERIFIER2,
@@ -219,6 +223,26 @@ def test_canary_errors():
         c.run(SUBMITTER, "canary_seal", {"job_id": plain, "commitment": GOOD}).code
         == errors.WrongJobStatus.code
     )
+
+
+def test_a_canary_can_be_sealed_while_the_job_is_still_open():
+    c = TrustChain()
+    job_id = job_id_for(CHAIN, A[SUBMITTER], c.state.accounts[A[SUBMITTER]].nonce)
+    post = {"spec_hash": SPEC, "model_hash": MODEL, "kind": "training", "bounty": BOUNTY,
+            "bid_window_blocks": 20, "deadline_blocks": 10, "challenge_window_blocks": 30,
+            "requirements": {}}  # fmt: skip
+    c.ok(SUBMITTER, "job_post", post)
+    assert job(c.state, job_id)["status"] == "open"
+    c.ok(SUBMITTER, "canary_seal", {"job_id": job_id, "commitment": canary_commitment(GOOD, SALT)})
+    again = c.run(SUBMITTER, "canary_seal", {"job_id": job_id, "commitment": GOOD})
+    assert again.code == errors.CanaryError.code
+    cancelled = job_id_for(CHAIN, A[SUBMITTER], c.state.accounts[A[SUBMITTER]].nonce)
+    c.ok(SUBMITTER, "job_post", post)
+    c.ok(SUBMITTER, "canary_seal", {"job_id": cancelled, "commitment": GOOD})
+    c.ok(SUBMITTER, "job_cancel", {"job_id": cancelled})
+    assert cancelled not in c.state.audits  # the seal leaves with the job (checked by the invariants too)
+    c.skip_to(job(c.state, job_id)["bids_close"])  # no bid: the job expires, its seal goes too
+    assert job(c.state, job_id)["status"] == "expired" and job_id not in c.state.audits
 
 
 def test_sealed_canary_of_a_missed_job_is_dropped():
