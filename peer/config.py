@@ -85,6 +85,7 @@ class Config(BaseModel):
     # Test behaviours (peer/market/behaviours.py): anything but "honest" cheats on purpose.
     solver_behaviour: Literal["honest", "lazy", "wrong", "fake-train", "swap-model"] = "honest"
     verifier: bool = False
+    verifier_min_rate_bps: int = Field(default=0, ge=0, le=10_000)
     verifier_behaviour: Literal["honest", "lazy"] = "honest"
 
     @field_validator("listen")
@@ -247,8 +248,10 @@ solver_min_price = 1
 solver_max_jobs = 2
 
 # Verifier: spot-check other solvers' results and challenge wrong ones. Needs the account to
-# be registered as a verifier (`hivemesh tx register verifier`).
+# be registered as a verifier (`hivemesh tx register verifier`). verifier_min_rate_bps: check at
+# least this share of a result's units even when the ledger samples fewer (more work, more caught).
 verifier = false
+verifier_min_rate_bps = 0
 
 # Test behaviours, for exercising the checks on a test net only: "honest" in production.
 # solver_behaviour: honest | lazy | wrong | fake-train | swap-model; verifier_behaviour: honest | lazy.

@@ -189,7 +189,11 @@ class Peer:
             policy=policy,
             own_addrs=self.exchange.own_addrs,
             known_addrs=self.exchange.book.addrs,
-            options={"verifier": c.verifier, "verifier_behaviour": c.verifier_behaviour},
+            options={
+                "verifier": c.verifier,
+                "verifier_behaviour": c.verifier_behaviour,
+                "verifier_min_rate_bps": c.verifier_min_rate_bps,
+            },
         )
 
     @contextmanager

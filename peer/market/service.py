@@ -97,8 +97,10 @@ class MarketService:
         known_addrs: Callable[[str], Sequence[str]] = lambda peer: (),
         verifier: bool = False,
         verifier_behaviour: str = "honest",
+        verifier_min_rate_bps: int = 0,
     ) -> None:
         self.identity, self.transport, self.gossip = identity, transport, gossip
+        self.data_dir = data_dir  # the agents' journals live under data_dir/market (journal.py)
         self._own_addrs, self._known_addrs = own_addrs, known_addrs
         self.ledger = MarketLedger(ledger)
         self.watch = HeightWatch(self.ledger)
@@ -125,6 +127,7 @@ class MarketService:
             enabled=verifier,
             behaviour=self.verifier_behaviour.name,
             voter=self.voter,
+            min_rate_bps=verifier_min_rate_bps,
         )
         self._threads = trio.CapacityLimiter(WORKER_THREADS)
         self._events_send, self._events = trio.open_memory_channel[object](EVENTS_SIZE)
