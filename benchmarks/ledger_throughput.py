@@ -20,8 +20,18 @@ Measured:
 Every process shares this machine: clients, HTTP, gossip and consensus compete for the same
 cores, so the numbers say what this machine can do, not what a network of machines can.
 
+  timeouts fired  consensus timeouts per validator by kind (propose: a proposal came late)
+  proposals       per validator, how proposals arrived: compact (rebuilt from its own
+                   txs), fetched (missing txs asked from peers), failed, full
+
+With --idle S no txs are sent: the cluster's CPU (each validator, % of one core) and the
+blocks it makes are measured over S seconds, after it has settled.
+
+With --profile DIR every validator's event loop thread is profiled (cProfile, dumped to
+DIR/ledger-<peer>.prof when it stops) and the top functions of validator 0 are printed.
+
     .venv/bin/python benchmarks/ledger_throughput.py [--validators 4] [--accounts 1000]
-        [--rate 200] [--seconds 20] [--threads 4] [--batch 20] [--json] [--keep]
+        [--rate 200] [--seconds 20] [--threads 4] [--batch 20] [--json] [--keep] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import pstats
 import re
 import shutil
 import statistics
@@ -43,6 +55,7 @@ import httpx
 import psutil
 
 from gossip.identity import Identity
+from ledger.node import PROFILE_ENV
 from ledger.tx import sign_tx
 from peer.cluster import Cluster, cluster_down, cluster_up
 from peer.genesis_file import read_genesis
@@ -163,6 +176,11 @@ def metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if pattern.match(line))
 
 
+def metric_label(text: str, name: str, label: str, value: str) -> float:
+    line = f'{name}{{{label}="{value}"}} '
+    return sum(float(row.rsplit(" ", 1)[1]) for row in text.splitlines() if row.startswith(line))
+
+
 def scrape(cluster: Cluster) -> list[dict[str, float] | None]:
     rows: list[dict[str, float] | None] = []
     for peer in cluster.peers:
@@ -176,6 +194,14 @@ def scrape(cluster: Cluster) -> list[dict[str, float] | None]:
                 "height": metric(text, "hivemesh_ledger_height"),
                 "rounds": metric(text, "hivemesh_consensus_rounds_total"),
                 "synced": metric(text, "hivemesh_ledger_blocks_synced_total"),
+                **{
+                    f"timeout_{k}": metric_label(text, "hivemesh_consensus_timeouts_total", "kind", k)
+                    for k in ("propose", "prevote", "precommit", "rebroadcast")
+                },
+                **{
+                    f"proposal_{k}": metric_label(text, "hivemesh_ledger_proposals_total", "how", k)
+                    for k in ("full", "compact", "fetched", "failed")
+                },
             }
         )
     return rows
@@ -186,9 +212,35 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def idle(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="hm-ledger-idle-"))
+    cluster = cluster_up(root, args.validators, timeout=180)
+    try:
+        time.sleep(5.0)  # settling after start-up (not synchronisation)
+        procs = [psutil.Process(p.pid) for p in cluster.peers]
+        cpu_before = [sum(p.cpu_times()[:2]) for p in procs]
+        before, start = scrape(cluster), time.monotonic()
+        time.sleep(args.idle)  # the measurement window
+        elapsed = time.monotonic() - start
+        cpu = [100 * (sum(p.cpu_times()[:2]) - b) / elapsed for p, b in zip(procs, cpu_before, strict=True)]
+        after = scrape(cluster)
+    finally:
+        cluster_down(root, timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
+    heights = [a["height"] - b["height"] if a and b else None for a, b in zip(after, before, strict=True)]
+    return {
+        "idle_s": round(elapsed, 1),
+        "blocks": heights,
+        "validator_cpu_pct": [round(c, 1) for c in cpu],
+        "total_cpu_pct": round(sum(cpu), 1),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     ids = accounts(args.accounts)
     root = Path(tempfile.mkdtemp(prefix="hm-ledger-bench-"))
+    if args.profile:
+        os.environ[PROFILE_ENV] = str(Path(args.profile).resolve())  # the peers inherit it
     cluster = cluster_up(root, args.validators, timeout=180, extra_accounts=[a.peer_id for a in ids])
     try:
         chain_id = read_genesis(root / "genesis.json").chain_id
@@ -258,6 +310,7 @@ def report(
         heights = a["height"] - b["height"]
         return round((a[key] - b[key]) / heights, 2) if key == "rounds" and heights else int(a[key] - b[key])
 
+    pairs = list(zip(stats["after"], stats["before"], strict=True))
     return {
         "validators": args.validators,
         "accounts": args.accounts,
@@ -287,6 +340,14 @@ def report(
         "blocks_synced": [
             per_height(a, b, "synced") for a, b in zip(stats["after"], stats["before"], strict=True)
         ],
+        "timeouts_fired": {
+            k: [per_height(a, b, f"timeout_{k}") for a, b in pairs]
+            for k in ("propose", "prevote", "precommit", "rebroadcast")
+        },
+        "proposals_received": {
+            k: [per_height(a, b, f"proposal_{k}") for a, b in pairs]
+            for k in ("full", "compact", "fetched", "failed")
+        },
         "validator_cpu_pct": [round(c) for c in stats["cpu"]],
         "status_unanswered": sampler.unanswered,
         "watcher_errors": watcher.errors,
@@ -305,13 +366,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the cluster directory (peer logs)")
+    parser.add_argument("--idle", type=float, default=0.0, help="measure idle CPU for this many seconds")
+    parser.add_argument("--profile", metavar="DIR", help="cProfile each validator's event loop into DIR")
     args = parser.parse_args()
-    result = run(args)
+    result = idle(args) if args.idle else run(args)
     if args.json:
         print(json.dumps(result, indent=2))
-        return
-    for key, value in result.items():
-        print(f"{key:>24}: {value}")
+    else:
+        for key, value in result.items():
+            print(f"{key:>24}: {value}")
+    if args.profile:
+        dumps = sorted(Path(args.profile).glob("ledger-*.prof"))
+        if dumps:
+            print(f"\nvalidator profile {dumps[0].name} (event loop thread), top by own time:")
+            pstats.Stats(str(dumps[0])).sort_stats("tottime").print_stats(30)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ what proposers and the consensus validate-value callback run.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,6 +181,7 @@ def validate_block_shape(
     state_app_hash: bytes | None = None,
     now_ms: int | None = None,
     max_future_ms: int = 10_000,
+    decode: Callable[[bytes], SignedTx] = decode_tx,
 ) -> list[SignedTx]:
     """Check that `block` can extend `state` (the state after block height-1) and return its txs.
 
@@ -191,6 +192,7 @@ def validate_block_shape(
         prev_hash: hash of the block at height-1 (ZERO_HASH at height 1).
         state_app_hash: app_hash(state) if the caller knows it (saves hashing the whole state).
         now_ms: the local clock; if given, a block more than `max_future_ms` ahead is refused.
+        decode: decodes one tx (decode_tx, or a node's caching decoder).
     Returns:
         The decoded txs, in block order (can be passed to apply_block instead of the bytes).
     Raises:
@@ -217,7 +219,7 @@ def validate_block_shape(
     seen: set[bytes] = set()
     for i, raw in enumerate(block.txs):
         try:
-            stx = decode_tx(raw)
+            stx = decode(raw)
         except InvalidTx as e:
             raise InvalidBlock(f"tx #{i}: {e}") from e
         if stx.tx.chain_id != block.chain_id:

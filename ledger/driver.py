@@ -7,18 +7,28 @@ locked. The effects of one core call are executed in order:
 * PersistLastSigned -> `store.save_last_signed` (fsync'd, in a worker thread), finished
   before the Broadcast that follows it is published;
 * Broadcast -> publish on TOPIC_CONSENSUS (best effort: the core re-broadcasts on timeouts);
+  a proposal goes out compact (header and tx hashes, ledger.compact), never with its txs;
 * ScheduleTimeout -> a timer task on trio's clock that sends the Timeout back to the owner;
 * RequestProposal -> reap the mempool and build a block on the head (time from the wall
-  clock, always after the previous block's) with pending evidence, answer ProposedValue;
+  clock, always after the previous block's) with pending evidence, answer ProposedValue.
+  A block holds at most as many txs as this node applies in APPLY_BUDGET_S (measured on
+  its recent blocks), so a backlog never yields a block whose application outlasts the
+  round timeouts (a stall that would grow the backlog further);
 * Decide -> apply the block and commit it with its commit certificate to the store (one
   transaction, in a worker thread), update the mempool, tell the node;
 * Evidence -> keep it for the next block we propose (the state machine slashes), gossip it.
 
 Starting the next height: after a decision the driver starts height h+1 at once when txs or
 includable evidence are waiting or a message for h+1 arrives (someone started it), and after
-`empty_block_interval` seconds otherwise, so an idle chain makes one empty block per interval
-instead of spinning. Every node follows the same rule, so no propose timeout runs while a
-proposer holds back.
+an interval otherwise, so an idle chain makes one empty block per interval instead of
+spinning: `empty_block_interval` while the state waits on future heights (job and dispute
+timers, unbonding, a scheduled validator set: deadlines counted in blocks), the longer
+`idle_block_interval` when nothing does (each empty block costs every peer of the mesh a
+proposal and 2 votes per validator). Every node follows the same rule on the same state, so
+no propose timeout runs while a proposer holds back.
+
+Blocks built or assembled here are kept by value id for the height in progress, so checking
+and committing a proposed block does not decode it again.
 
 The consensus validator set of each height, proposer priorities included, comes from
 `ledger.proposers.ProposerSchedule`.
@@ -43,6 +53,8 @@ from gossip.topics import TOPIC_CONSENSUS
 from gossip.transport import MAX_GOSSIP_BYTES, PeerId, Verdict
 from ledger.apply import Receipt
 from ledger.block import (
+    HASH_BYTES,
+    MAX_BLOCK_TX_BYTES,
     MAX_BLOCK_TXS,
     Block,
     apply_decided_block,
@@ -51,6 +63,7 @@ from ledger.block import (
     validate_block_shape,
 )
 from ledger.blocksync import SyncRejected, encode_commit, verify_synced
+from ledger.compact import CompactProposal, RecentTxs
 from ledger.consensus import (
     Broadcast,
     Commit,
@@ -80,17 +93,23 @@ from ledger.metrics import LedgerMetrics
 from ledger.proposers import ProposerSchedule
 from ledger.state import State
 from ledger.store import LedgerStore
-from ledger.tx import SignedTx
+from ledger.tx import SignedTx, decode_tx
 
 log = structlog.get_logger(__name__)
 
-# A block travels whole inside one proposal envelope. Kept within yamux's initial 256 KiB
-# stream window: py-libp2p mishandles big messages under load (notes/libp2p-measurements.md).
+# A compact proposal (header, evidence, tx hashes) travels in one envelope. Kept within yamux's
+# initial 256 KiB stream window: py-libp2p mishandles big messages under load
+# (notes/libp2p-measurements.md).
 MAX_PROPOSAL_BYTES = min(MAX_GOSSIP_BYTES, 256 * 1024) - 16 * 1024
+_HASH_COST = HASH_BYTES + 3  # one tx hash in a compact proposal, msgpack framing included
 MAX_EVIDENCE_PER_BLOCK = 8
 MAX_PENDING_EVIDENCE = 256
 MAX_CLOCK_SKEW_MS = 10_000  # a proposed block may be this far ahead of our wall clock
 _BLOCK_OVERHEAD = 2048  # header and msgpack framing of a block, besides its txs' bytes
+APPLY_BUDGET_S = 0.5  # seconds of apply-and-store a proposed block may cost here
+MIN_BLOCK_TXS = 200  # the apply budget never cuts a block below this
+FIRST_BLOCK_TXS = 1000  # until this node has measured its apply rate
+_RATE_SAMPLE_TXS = 100  # blocks this large update the measured apply rate
 
 
 def wall_clock_ms() -> int:
@@ -112,6 +131,11 @@ class HeightDue:
     """Event: the empty-block interval before `height` has passed."""
 
     height: int
+
+
+def awaits_heights(state: State) -> bool:
+    """Does anything in the state fall due at a future height (so empty blocks should come often)?"""
+    return bool(state.job_timers or state.game_timers or state.unbonding or state.pending_sets)
 
 
 def restore_last_signed(store: LedgerStore) -> LastSigned | None:
@@ -136,6 +160,7 @@ class ConsensusDriver:
         on_commit: (block, tx hashes, receipts) after each block is durably committed.
         hint_sync: (peer, height): peer sent a message for height; block sync checks we have height - 1.
         clock_ms: the wall clock used for block times (injectable to test skew).
+        decode: decodes tx bytes (the node's caching decoder: each tx is decoded once).
     """
 
     def __init__(
@@ -150,16 +175,21 @@ class ConsensusDriver:
         timeouts: TimeoutConfig | None,
         empty_block_interval: float,
         max_block_txs: int,
+        idle_block_interval: float | None = None,
         on_commit: Callable[[Block, list[bytes], list[Receipt]], None],
         hint_sync: Callable[[PeerId | None, int], None],
         clock_ms: Callable[[], int] = wall_clock_ms,
+        decode: Callable[[bytes], SignedTx] = decode_tx,
     ) -> None:
         if not 1 <= max_block_txs <= MAX_BLOCK_TXS:
             raise ValueError(f"max_block_txs must be in [1, {MAX_BLOCK_TXS}], got {max_block_txs}")
         self.gossip, self.store, self.mempool, self.head, self.metrics = gossip, store, mempool, head, metrics
         self.address = identity.peer_id
         self.empty_block_interval, self.max_block_txs = empty_block_interval, max_block_txs
+        idle = idle_block_interval
+        self.idle_block_interval = empty_block_interval if idle is None else idle
         self._on_commit, self._hint_sync, self._clock_ms = on_commit, hint_sync, clock_ms
+        self._decode = decode
         self.core = Core(
             chain_id=head.state.chain_id,
             address=identity.peer_id,
@@ -169,10 +199,13 @@ class ConsensusDriver:
             last_signed=restore_last_signed(store),
         )
         self.schedule = ProposerSchedule()
+        self.recent_txs = RecentTxs()  # txs of recent blocks, served to peers assembling a proposal
+        self._blocks: dict[bytes, Block] = {}  # blocks of the height in progress, by value id
         self.evidence: dict[bytes, DuplicateVoteEvidence] = {}
         self.joined = False  # initial block sync is over; consensus may run
         self.syncing = False  # block sync is delivering a run of blocks: do not start heights
         self._due: float | None = None  # when the next height starts even with nothing to do
+        self._apply_rate: float | None = None  # txs per second of apply-and-store here (EWMA)
         self._due_timer_for = 0
         self._last_round: tuple[int, int] | None = None
         self._nursery: trio.Nursery | None = None
@@ -204,8 +237,21 @@ class ConsensusDriver:
             return
         await self._execute(effects)
 
+    def block_of(self, value_id: bytes) -> Block | None:
+        """A block of the height in progress that we built or assembled, by its hash."""
+        return self._blocks.get(value_id)
+
+    async def on_assembled(self, proposal: Proposal, block: Block, author: PeerId) -> None:
+        """A compact proposal rebuilt into its full block (ledger.compact)."""
+        if block.height == self.head.state.height + 1:
+            self._blocks[block.hash] = block
+        await self.on_message(proposal, author)
+
     async def on_timeout(self, timeout: Timeout) -> None:
-        await self._execute(self.core.on_timeout(timeout))
+        effects = self.core.on_timeout(timeout)
+        if effects:  # it was current (stale timeouts do nothing)
+            self.metrics.timeouts.labels(timeout.kind.name.lower()).inc()
+        await self._execute(effects)
 
     async def on_height_due(self, due: HeightDue) -> None:
         if due.height == self.head.state.height + 1:
@@ -274,7 +320,7 @@ class ConsensusDriver:
         if height != head.state.height + 1:
             return False
         try:
-            block = Block.decode(value)
+            block = self._blocks.get(hashlib.sha256(value).digest()) or Block.decode(value)
             validate_block_shape(
                 block,
                 head.state,
@@ -282,6 +328,7 @@ class ConsensusDriver:
                 state_app_hash=head.app_hash,
                 now_ms=self._clock_ms(),
                 max_future_ms=MAX_CLOCK_SKEW_MS,
+                decode=self._decode,
             )
             for item in block.evidence:
                 if check_evidence(decode_evidence(item), head.state).verdict is Verdict.REJECT:
@@ -323,7 +370,14 @@ class ConsensusDriver:
                 self.metrics.rounds.inc()
 
     async def _publish(self, msg: Proposal | Vote | DuplicateVoteEvidence) -> None:
-        kind, body = body_of(msg)
+        if isinstance(msg, Proposal):
+            try:
+                block = self._blocks.get(msg.value_id) or Block.decode(msg.value)
+            except LedgerError as e:  # a broken invariant: we only sign blocks we built or checked
+                raise AssertionError(f"we proposed a value that is not a block: {e}") from e
+            kind, body = body_of(CompactProposal.of(msg, block))
+        else:
+            kind, body = body_of(msg)
         try:
             await self.gossip.publish(TOPIC_CONSENSUS, kind, body)
         except GossipError as e:  # e.g. a re-broadcast for a height we have since committed
@@ -350,13 +404,15 @@ class ConsensusDriver:
         if request.height != head.state.height + 1:
             return []
         evidence = self._includable(request.height)[:MAX_EVIDENCE_PER_BLOCK]
-        budget = MAX_PROPOSAL_BYTES - _BLOCK_OVERHEAD - 5 * self.max_block_txs
-        budget -= sum(len(packb(ev.to_wire())) + 8 for ev in evidence)
-        txs = self.mempool.reap(self.max_block_txs, budget)
+        evidence_bytes = sum(len(packb(ev.to_wire())) + 8 for ev in evidence)
+        # The compact proposal (header, evidence, 35 bytes per tx) must fit one gossip message.
+        count = min(self.max_block_txs, (MAX_PROPOSAL_BYTES - _BLOCK_OVERHEAD - evidence_bytes) // _HASH_COST)
+        rate = self._apply_rate
+        budget = FIRST_BLOCK_TXS if rate is None else max(MIN_BLOCK_TXS, int(rate * APPLY_BUDGET_S))
+        count = min(count, budget)
+        txs = self.mempool.reap(count, MAX_BLOCK_TX_BYTES - evidence_bytes)
         block = self._build(head, txs, evidence)
-        while len(block.encoded) > MAX_PROPOSAL_BYTES and txs:  # only if the overhead guess was short
-            txs = txs[: len(txs) * 9 // 10]
-            block = self._build(head, txs, evidence)
+        self._blocks[block.hash] = block
         log.debug(
             "proposing", height=request.height, round=request.round, txs=len(txs), evidence=len(evidence)
         )
@@ -376,7 +432,12 @@ class ConsensusDriver:
     async def _decided(self, decide: Decide) -> None:
         if decide.height <= self.head.state.height:
             return  # block sync committed it while the core was still deciding
-        await self._commit(Block.decode(decide.value), decide.commit, None, live=True)
+        block = self._blocks.get(hashlib.sha256(decide.value).digest()) or Block.decode(decide.value)
+        try:  # decoded already when the block was checked: these are cache hits
+            txs: list[SignedTx] | None = [self._decode(raw) for raw in block.txs]
+        except LedgerError:
+            txs = None  # then apply reports what is wrong with each tx in its receipt
+        await self._commit(block, decide.commit, txs, live=True)
         await self.maybe_start()
 
     async def _commit(self, block: Block, commit: Commit, txs: list[SignedTx] | None, *, live: bool) -> None:
@@ -392,12 +453,18 @@ class ConsensusDriver:
             self.store.commit_block(block.encoded, commit_bytes, state, receipts, state_app_hash=app)
             return state, receipts, app
 
+        started = trio.current_time()
         state, receipts, app = await trio.to_thread.run_sync(apply_and_store)
         now = trio.current_time()
+        if len(hashes) >= _RATE_SAMPLE_TXS:
+            rate = len(hashes) / max(now - started, 1e-3)
+            self._apply_rate = rate if self._apply_rate is None else 0.7 * self._apply_rate + 0.3 * rate
         if live and head.decided_at is not None:
             self.metrics.block_interval.observe(now - head.decided_at)
         self.head = Head(state, app, block.hash, now if live else None)
-        self._due = now + self.empty_block_interval
+        self._blocks.clear()
+        self.recent_txs.add(hashes, block.txs)
+        self._due = now + (self.empty_block_interval if awaits_heights(state) else self.idle_block_interval)
         self.mempool.update(hashes, state)
         self._prune_evidence()
         self.metrics.height.set(state.height)

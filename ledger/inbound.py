@@ -8,12 +8,16 @@ is merely useless to us now.
 TOPIC_TX, kind "tx", body = tx wire bytes; or kind "txs", body = a list of up to
 MAX_BATCH_TXS of them (txs travel in batches: py-libp2p spends milliseconds per message
 per hop, so one message per tx lets a burst of txs starve consensus):
-  REJECT  any tx malformed or non-canonical, for another chain, or badly signed.
+  REJECT  any tx malformed or non-canonical, for another chain, or badly signed. A tx whose
+          hash is in the node's verified set (its mempool's) is not verified again, and one
+          verified here is added to it, so a node verifies each tx's signature once.
   IGNORE  no tx that could still apply: unknown sender, a nonce below the sender's account
           nonce (already used), a fee below the minimum. Otherwise accepted; the mempool
           decides on each tx's admission.
 
-TOPIC_CONSENSUS, kind "consensus", body = Proposal.to_wire() or Vote.to_wire():
+TOPIC_CONSENSUS, kind "consensus", body = Proposal.to_wire() or Vote.to_wire(), or kind
+"cproposal", body = CompactProposal.to_wire() (ledger.compact; its signature is checked here,
+its txs are assembled later by the owner):
   REJECT  malformed, a signer outside the validator set of the message's height, a bad
           signature. Checked only for heights we can judge: the set of height H is known from
           the state once H <= state.height + 2.
@@ -28,12 +32,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gossip.envelope import Envelope
 from gossip.identity import verify
 from gossip.transport import Verdict
+from ledger.compact import KIND_COMPACT, CompactProposal
 from ledger.consensus import (
     ConsensusError,
     DecidedBlock,
@@ -48,7 +54,7 @@ from ledger.consensus import (
 )
 from ledger.errors import BadSignature, InvalidTx
 from ledger.state import State, validator_set_at
-from ledger.tx import decode_tx, verify_tx
+from ledger.tx import SignedTx, decode_tx, verify_tx
 
 KIND_TX = "tx"
 KIND_TXS = "txs"
@@ -94,6 +100,14 @@ class SignatureCache:
         return True
 
 
+class VerifiedTxs(Protocol):
+    """Hashes of txs whose signature verified on this node (the mempool implements it)."""
+
+    def is_verified(self, tx_hash: bytes) -> bool: ...
+
+    def remember_verified(self, tx_hash: bytes) -> None: ...
+
+
 def txs_of(envelope: Envelope) -> list[bytes]:
     """The tx bytes an envelope carries (kind "tx": one, kind "txs": a batch). Raises ValueError."""
     body = envelope.body
@@ -109,33 +123,58 @@ def txs_of(envelope: Envelope) -> list[bytes]:
     raise ValueError(f"not a tx envelope: kind {envelope.kind!r} with a {type(body).__name__} body")
 
 
-def check_tx_envelope(envelope: Envelope, state: State) -> Checked:
-    """Verdict on gossiped txs (see the module docstring); a batch is judged as a whole."""
+def check_tx_envelope(
+    envelope: Envelope,
+    state: State,
+    verified: VerifiedTxs | None = None,
+    decode: Callable[[bytes], SignedTx] = decode_tx,
+) -> Checked:
+    """Verdict on gossiped txs (see the module docstring); a batch is judged as a whole.
+
+    Signatures are checked for the whole batch before any is remembered in `verified`;
+    `decode` may be a node's caching decoder (ledger.txcache).
+    """
     try:
         raws = txs_of(envelope)
     except ValueError as e:
         return Checked(Verdict.REJECT, str(e))
     useful = 0
+    fresh: list[bytes] = []
+    known: Callable[[bytes], bool] = verified.is_verified if verified is not None else _never
     for i, raw in enumerate(raws):
         try:
-            stx = decode_tx(raw)
+            stx = decode(raw)
             if stx.tx.chain_id != state.chain_id:
                 return Checked(Verdict.REJECT, f"tx #{i} is for chain {stx.tx.chain_id!r}")
-            verify_tx(stx)
+            if not known(stx.hash):
+                verify_tx(stx)
+                fresh.append(stx.hash)
         except (InvalidTx, BadSignature) as e:
             return Checked(Verdict.REJECT, f"bad tx #{i}: {e}")
         acct = state.accounts.get(stx.sender_address)
         if acct is not None and stx.tx.nonce >= acct.nonce and stx.tx.fee >= state.params.min_fee:
             useful += 1
+    if verified is not None:
+        for tx_hash in fresh:
+            verified.remember_verified(tx_hash)
     if not useful:
         return Checked(Verdict.IGNORE, "no tx that could still apply (unknown sender, used nonce or low fee)")
     return ACCEPTED
 
 
-def parse_consensus(envelope: Envelope) -> Proposal | Vote | DuplicateVoteEvidence:
+def _never(tx_hash: bytes) -> bool:
+    return False
+
+
+ConsensusMessage = Proposal | CompactProposal | Vote | DuplicateVoteEvidence
+
+
+def parse_consensus(envelope: Envelope) -> ConsensusMessage:
     """Decode the body of a consensus-topic envelope. Raises ConsensusError (MalformedMessage)."""
     if envelope.kind == KIND_EVIDENCE:
         return DuplicateVoteEvidence.from_wire(envelope.body)
+    if envelope.kind == KIND_COMPACT:
+        return CompactProposal.from_wire(envelope.body)
     if envelope.kind != KIND_CONSENSUS:
         raise MalformedMessage(f"unknown consensus envelope kind {envelope.kind!r}")
     msg = decode_message(envelope.body)
@@ -160,7 +199,7 @@ def check_consensus_envelope(
         return Checked(Verdict.IGNORE, f"height {msg.height} is committed here")
     if msg.height > state.height + HEIGHTS_AHEAD:
         return Checked(Verdict.IGNORE, f"height {msg.height} is ahead of us", far_height=msg.height)
-    signer = msg.proposer if isinstance(msg, Proposal) else msg.validator
+    signer = msg.validator if isinstance(msg, Vote) else msg.proposer
     row = next((v for v in validator_set_at(state, msg.height) if v.address == signer), None)
     if row is None:
         return Checked(Verdict.REJECT, f"{signer} is not a validator at height {msg.height}")
@@ -199,6 +238,8 @@ def evidence_includable(evidence: DuplicateVoteEvidence, state: State, height: i
     )
 
 
-def body_of(msg: Proposal | Vote | DuplicateVoteEvidence) -> tuple[str, Any]:
+def body_of(msg: ConsensusMessage) -> tuple[str, Any]:
     """(kind, body) to publish a consensus message or evidence on TOPIC_CONSENSUS."""
-    return (KIND_EVIDENCE if isinstance(msg, DuplicateVoteEvidence) else KIND_CONSENSUS), msg.to_wire()
+    if isinstance(msg, DuplicateVoteEvidence):
+        return KIND_EVIDENCE, msg.to_wire()
+    return (KIND_COMPACT if isinstance(msg, CompactProposal) else KIND_CONSENSUS), msg.to_wire()

@@ -17,6 +17,7 @@ import trio
 from gossip.envelope import Envelope
 from gossip.transport import PeerId
 from ledger.apply import Receipt
+from ledger.compact import CompactProposal
 from ledger.errors import LedgerError
 
 Placed = tuple[int, int, Receipt]  # where a tx was committed: (height, index in block, receipt)
@@ -57,6 +58,15 @@ class Synced:
     commit: bytes
     more: bool  # more blocks of this sync run follow: do not start consensus yet
     reply: trio.MemorySendChannel[bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """Txs fetched from peers for a compact proposal we could not assemble from our own txs."""
+
+    proposal: CompactProposal
+    author: PeerId
+    txs: dict[bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,10 @@ after its last pending tx, and its balance must cover the fees of all its pendin
 this one (only fees: a pending transfer that spends the balance can still make a later tx of
 the same sender unpayable; it is then excluded from the block and dropped by the recheck).
 
-A signature is verified once: the hashes of txs whose signature verified are kept (an LRU
-that never evicts a pending tx) and `verified` can be passed to `apply_block(verified=...)`.
+A signature is verified once per node: the hashes of txs whose signature verified are kept
+(an LRU that never evicts a pending tx), whoever verified them (admission here, or the tx
+gossip validator through `remember_verified`), and `verified` can be passed to
+`apply_block(verified=...)`. A tx hash is sha256 of the tx's exact bytes, signature included.
 
 `reap` returns pending txs in an order that applies cleanly: each sender's txs in nonce order,
 senders interleaved round-robin (one tx per sender per round, senders ordered by the arrival
@@ -25,7 +27,7 @@ The mempool holds the state it is given by reference only during a call; one tas
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable, KeysView
+from collections.abc import Callable, Iterable, KeysView
 from dataclasses import dataclass
 
 from ledger.apply import check_tx
@@ -50,6 +52,7 @@ class Mempool:
         recent_committed: how many committed tx hashes to remember for dedupe.
         verified_cache: how many verified hashes to remember (default 2 * max_txs + 1024;
             pending txs are always kept on top of that).
+        decode: turns tx bytes into a SignedTx (decode_tx, or the node's caching decoder).
     """
 
     def __init__(
@@ -59,10 +62,12 @@ class Mempool:
         *,
         recent_committed: int = 50_000,
         verified_cache: int | None = None,
+        decode: Callable[[bytes], SignedTx] = decode_tx,
     ) -> None:
         if max_txs < 1 or max_bytes < 1:
             raise ValueError("max_txs and max_bytes must be >= 1")
         self.max_txs, self.max_bytes = max_txs, max_bytes
+        self._decode = decode
         self._txs: dict[bytes, _Pending] = {}
         self._queues: dict[str, list[bytes]] = {}  # sender -> pending hashes, consecutive nonces
         self._fees: dict[str, int] = {}  # sender -> sum of its pending fees
@@ -118,7 +123,7 @@ class Mempool:
             InsufficientBalance: as check_tx, with the sender's pending txs counted.
             BadSignature: the signature does not verify.
         """
-        stx = _parse(tx)
+        stx = _parse(tx, self._decode)
         tx_hash = stx.hash
         if tx_hash in self._txs:
             raise DuplicateTx(tx_hash)
@@ -133,7 +138,7 @@ class Mempool:
         self._admit(state, stx, sender, self.pending_nonce(state, sender), self._fees.get(sender, 0))
         if tx_hash not in self._verified:
             verify_tx(stx)
-        self._remember_verified(tx_hash)
+        self.remember_verified(tx_hash)
         queue = self._queues.setdefault(sender, [])
         if not queue:
             self._checked[sender] = state.accounts.get(sender)
@@ -152,7 +157,11 @@ class Mempool:
         if balance < pending_fees + stx.tx.fee:
             raise InsufficientBalance(pending_fees + stx.tx.fee, balance)
 
-    def _remember_verified(self, tx_hash: bytes) -> None:
+    def is_verified(self, tx_hash: bytes) -> bool:
+        return tx_hash in self._verified
+
+    def remember_verified(self, tx_hash: bytes) -> None:
+        """Record that this exact tx's signature verified (by admission or the gossip validator)."""
         self._verified[tx_hash] = None
         self._verified.move_to_end(tx_hash)
         kept = 0
@@ -248,10 +257,10 @@ class Mempool:
                 table.pop(sender, None)
 
 
-def _parse(tx: bytes | SignedTx) -> SignedTx:
+def _parse(tx: bytes | SignedTx, decode: Callable[[bytes], SignedTx]) -> SignedTx:
     if isinstance(tx, SignedTx):
         tx.check()
         if len(tx.encoded) > MAX_TX_BYTES:
             raise InvalidTx(f"tx of {len(tx.encoded)} bytes exceeds the limit of {MAX_TX_BYTES}")
         return tx
-    return decode_tx(tx)
+    return decode(tx)

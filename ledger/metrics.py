@@ -4,7 +4,10 @@ hivemesh_ledger_height (gauge), hivemesh_ledger_txs_committed_total, hivemesh_le
 hivemesh_consensus_rounds_total (every round entered, round 0 of each height included),
 hivemesh_ledger_block_interval_seconds (histogram of the time between blocks decided live;
 synced blocks are not observed), hivemesh_mempool_txs (gauge), hivemesh_ledger_evidence_total
-(double signs seen).
+(double signs seen), hivemesh_consensus_timeouts_total{kind} (timeouts that fired in the
+round they were set for: propose / prevote / precommit / rebroadcast),
+hivemesh_ledger_proposals_total{how} (proposals received: "full", "compact" rebuilt from our
+own txs, "fetched" after asking peers for missing txs, "failed" when it could not be rebuilt).
 """
 
 from __future__ import annotations
@@ -36,6 +39,18 @@ class LedgerMetrics:
         )
         self.evidence = Counter(
             "hivemesh_ledger_evidence", "Duplicate-vote evidence seen (new offences)", registry=registry
+        )
+        self.timeouts = Counter(
+            "hivemesh_consensus_timeouts",
+            "Consensus timeouts fired in their round",
+            ["kind"],
+            registry=registry,
+        )
+        self.proposals = Counter(
+            "hivemesh_ledger_proposals",
+            "Proposals received, by how they were assembled",
+            ["how"],
+            registry=registry,
         )
         mempool = Gauge("hivemesh_mempool_txs", "Txs waiting in the mempool", registry=registry)
         mempool.set_function(mempool_size)

@@ -14,7 +14,11 @@ sync runs on hints (messages for heights above ours) and on a slow random poll, 
 that was stopped, frozen or partitioned catches up by itself. A LedgerNode serves once.
 
 Gossip: TOPIC_TX carries txs (in batches, ledger.txgossip) and TOPIC_CONSENSUS proposals,
-votes and evidence; `ledger.inbound` validates both before anything is forwarded. Block
+votes and evidence; `ledger.inbound` validates both before anything is forwarded. Proposals
+travel compact (ledger.compact): the owner rebuilds each from its mempool and recent blocks,
+and when txs are missing a fetch task asks the proposer (then other peers) for them over
+TXS_PROTOCOL and hands the answer back to the owner (`Fetched`); a proposal that cannot be
+rebuilt never reaches the core. At most MAX_FETCHES fetches run at once. Block
 sync and the queries (`block`, `block_info`, `tx_location`) read committed data through a
 second connection to the store's file that is only ever read, so they never touch the
 writer the owner uses.
@@ -27,8 +31,13 @@ and stops the node.
 
 from __future__ import annotations
 
+import cProfile
+import hashlib
+import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -43,7 +52,16 @@ from gossip.transport import PeerId, Verdict
 from ledger.apply import Receipt
 from ledger.block import ZERO_HASH, Block
 from ledger.blocksync import BLOCKS_PROTOCOL, MAX_REQUEST_BYTES, BlockServer, BlockSync, decode_commit
-from ledger.consensus import ConsensusError, DuplicateVoteEvidence, Timeout, TimeoutConfig
+from ledger.compact import (
+    FETCH_PEERS,
+    MAX_FETCH_REQUEST,
+    TXS_PROTOCOL,
+    AssemblyFailed,
+    CompactProposal,
+    TxServer,
+    fetch_txs,
+)
+from ledger.consensus import ConsensusError, DuplicateVoteEvidence, Proposal, Timeout, TimeoutConfig
 from ledger.driver import ConsensusDriver, Head, HeightDue, wall_clock_ms
 from ledger.errors import CorruptStore, LedgerError
 from ledger.genesis import Genesis, genesis_state
@@ -54,11 +72,12 @@ from ledger.inbound import (
     parse_consensus,
     txs_of,
 )
-from ledger.inbox import Gossiped, Join, Placed, Submit, SyncDone, Synced, Watch, answer
+from ledger.inbox import Fetched, Gossiped, Join, Placed, Submit, SyncDone, Synced, Watch, answer
 from ledger.mempool import Mempool
 from ledger.metrics import LedgerMetrics
 from ledger.state import State, app_hash, validator_set_at
 from ledger.store import LedgerStore
+from ledger.txcache import DecodedTxs
 from ledger.txgossip import TxBatcher
 
 log = structlog.get_logger(__name__)
@@ -66,6 +85,27 @@ log = structlog.get_logger(__name__)
 INBOX_SIZE = 1024
 RECENT_TXS = 20_000  # placements of recently committed txs kept in memory for wait_committed
 _PEER_POLL = 0.05
+SLOW_EVENT_S = 1.0
+IDLE_FACTOR = 4  # empty blocks of a chain with nothing due come this much more slowly
+MAX_FETCHES = 4  # compact proposals whose missing txs are being fetched at once
+PROFILE_ENV = "HIVEMESH_LEDGER_PROFILE"  # a directory: cProfile the event loop thread into it
+
+
+@contextmanager
+def _profiled(address: str) -> Iterator[None]:
+    """With PROFILE_ENV set, profile this thread while the node serves (a benchmark aid)."""
+    where = os.environ.get(PROFILE_ENV)
+    if not where:
+        yield
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        Path(where).mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(Path(where) / f"ledger-{address}.prof"))
 
 
 class LedgerNode:
@@ -79,7 +119,9 @@ class LedgerNode:
         registry: where metrics go (a private one if None).
         timeouts: consensus round timeouts.
         max_block_txs: most txs in a block we propose.
-        empty_block_interval: seconds an idle chain waits before an empty block.
+        empty_block_interval: seconds an idle chain waits before an empty block while the state
+            waits on future heights (job or dispute timers, unbonding, a new validator set).
+        idle_block_interval: the same when nothing does (default IDLE_FACTOR x the above).
         sync_interval: seconds between block-sync polls of random peers.
         peer_wait: at start, how long to wait for a first connected peer to sync from before
             joining consensus alone (a lone validator, or a peer whose bootstrap is down).
@@ -97,6 +139,7 @@ class LedgerNode:
         timeouts: TimeoutConfig | None = None,
         max_block_txs: int = 5000,
         empty_block_interval: float = 1.0,
+        idle_block_interval: float | None = None,
         sync_interval: float = 2.0,
         peer_wait: float = 2.0,
         clock_ms: Callable[[], int] = wall_clock_ms,
@@ -105,11 +148,13 @@ class LedgerNode:
             raise ValueError(f"gossip node is {gossip.peer_id} but identity is {identity.peer_id}")
         self.gossip, self.identity, self.store, self.genesis = gossip, identity, store, genesis
         self.address = identity.peer_id
-        self.mempool = Mempool()
+        self.decoded = DecodedTxs()  # every tx is decoded once here (gossip, mempool, blocks)
+        self.mempool = Mempool(decode=self.decoded.decode)
         self.metrics = LedgerMetrics(
             registry if registry is not None else CollectorRegistry(), self._mempool_size
         )
-        self._config = (timeouts, max_block_txs, empty_block_interval, clock_ms)
+        idle = IDLE_FACTOR * empty_block_interval if idle_block_interval is None else idle_block_interval
+        self._config = (timeouts, max_block_txs, empty_block_interval, idle, clock_ms)
         self._peer_wait = peer_wait
         genesis_head = genesis_state(genesis)
         self._head0 = Head(genesis_head, app_hash(genesis_head), ZERO_HASH)
@@ -125,6 +170,10 @@ class LedgerNode:
         self._reader: LedgerStore | None = LedgerStore(store.path)
         self._server = BlockServer(self._reader, self._tip, gossip.penalize, gossip.scores.is_banned)
         gossip.rpc.set_handler(BLOCKS_PROTOCOL, self._server.handle, max_request=MAX_REQUEST_BYTES)
+        self._tx_server = TxServer(self._lookup_tx, gossip.penalize)
+        gossip.rpc.set_handler(TXS_PROTOCOL, self._tx_server.handle, max_request=MAX_FETCH_REQUEST)
+        self._fetching: dict[str, bytes] = {}  # proposer -> value id of its proposal being fetched
+        self._nursery: trio.Nursery | None = None
         self._batcher = TxBatcher(gossip)
         self.sync = BlockSync(
             gossip,
@@ -154,10 +203,15 @@ class LedgerNode:
         if self._served:
             raise RuntimeError("a LedgerNode serves once; build a new one to restart")
         self._served = True
+        with _profiled(self.address):
+            await self._serve(task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         try:
             self.driver = await self._load()
             async with trio.open_nursery() as nursery:
                 self.driver.bind(nursery, self._inbox_send)
+                self._nursery = nursery
                 nursery.start_soon(self._owner)
                 nursery.start_soon(self._pump, TOPIC_TX, self._tx_channel)
                 nursery.start_soon(self._pump, TOPIC_CONSENSUS, self._consensus_channel)
@@ -278,7 +332,7 @@ class LedgerNode:
         else:
             head = Head(state, tip.app_hash, tip.block_hash)
         self.mempool.update((), head.state)
-        timeouts, max_block_txs, empty_block_interval, clock_ms = self._config
+        timeouts, max_block_txs, empty_block_interval, idle_block_interval, clock_ms = self._config
         log.info("ledger loaded", height=head.state.height, address=self.address)
         driver = ConsensusDriver(
             identity=self.identity,
@@ -289,10 +343,12 @@ class LedgerNode:
             metrics=self.metrics,
             timeouts=timeouts,
             empty_block_interval=empty_block_interval,
+            idle_block_interval=idle_block_interval,
             max_block_txs=max_block_txs,
             on_commit=self._committed,
             hint_sync=self.sync.hint,
             clock_ms=clock_ms,
+            decode=self.decoded.decode,
         )
         # Deriving proposer priorities after a restart walks the rotation: keep it off the loop.
         await trio.to_thread.run_sync(driver.schedule.at, head.state, head.state.height + 1)
@@ -304,30 +360,37 @@ class LedgerNode:
         driver = self.driver
         assert driver is not None
         async for event in self._inbox_recv:
-            match event:
-                case Gossiped(topic=topic, envelope=envelope):
-                    await self._on_gossip(driver, topic, envelope)
-                case Timeout():
-                    await driver.on_timeout(event)
-                case HeightDue():
-                    await driver.on_height_due(event)
-                case Submit(tx=tx, reply=reply):
-                    try:
-                        answer(reply, self.mempool.add(tx, driver.head.state))
-                    except LedgerError as e:
-                        answer(reply, e)
-                    await driver.maybe_start()
-                case Watch():
-                    self._on_watch(event)
-                case Synced():
-                    ok = await driver.on_synced(
-                        event.peer, event.height, event.block, event.commit, event.more
-                    )
-                    answer(event.reply, ok)
-                case SyncDone():
-                    await driver.on_sync_done()
-                case Join():
-                    await driver.join()
+            started = trio.current_time()
+            await self._handle(driver, event)
+            took = trio.current_time() - started
+            if took > SLOW_EVENT_S:  # the owner serialises everything: a slow event stalls all
+                log.warning("slow ledger event", kind=type(event).__name__, seconds=round(took, 3))
+
+    async def _handle(self, driver: ConsensusDriver, event: object) -> None:
+        match event:
+            case Gossiped(topic=topic, envelope=envelope):
+                await self._on_gossip(driver, topic, envelope)
+            case Timeout():
+                await driver.on_timeout(event)
+            case HeightDue():
+                await driver.on_height_due(event)
+            case Submit(tx=tx, reply=reply):
+                try:
+                    answer(reply, self.mempool.add(tx, driver.head.state))
+                except LedgerError as e:
+                    answer(reply, e)
+                await driver.maybe_start()
+            case Watch():
+                self._on_watch(event)
+            case Synced():
+                ok = await driver.on_synced(event.peer, event.height, event.block, event.commit, event.more)
+                answer(event.reply, ok)
+            case SyncDone():
+                await driver.on_sync_done()
+            case Fetched():
+                await self._on_fetched(driver, event)
+            case Join():
+                await driver.join()
 
     async def _on_gossip(self, driver: ConsensusDriver, topic: str, envelope: Envelope) -> None:
         if topic == TOPIC_TX:
@@ -337,6 +400,8 @@ class LedgerNode:
                     self.mempool.add(raw, driver.head.state)
                     admitted += 1
                 except LedgerError as e:
+                    # e.g. a nonce ahead of what we hold: keep it to assemble proposals with
+                    driver.recent_txs.add([hashlib.sha256(raw).digest()], [raw])
                     log.debug("gossiped tx not admitted", reason=str(e))
             if admitted:
                 await driver.maybe_start()
@@ -347,8 +412,88 @@ class LedgerNode:
             return  # validated already; nothing else gets here
         if isinstance(msg, DuplicateVoteEvidence):
             await driver.add_evidence(msg, publish=False)
+        elif isinstance(msg, CompactProposal):
+            await self._on_compact(driver, msg, envelope.author_id)
         else:
+            if isinstance(msg, Proposal):
+                self.metrics.proposals.labels("full").inc()
             await driver.on_message(msg, envelope.author_id)
+
+    async def _on_compact(self, driver: ConsensusDriver, compact: CompactProposal, author: PeerId) -> None:
+        if compact.height <= driver.head.state.height:
+            return
+        held = driver.block_of(compact.value_id)
+        if held is not None:  # ours, or a value re-proposed in a later round: nothing to rebuild
+            await driver.on_message(compact.with_block(held), author)
+            return
+        missing = compact.missing(self._lookup_tx)
+        if not missing:
+            await self._assembled(driver, compact, author, self._lookup_tx, "compact")
+            return
+        # One fetch per proposer (a byzantine one cannot hold every slot), MAX_FETCHES in all.
+        if compact.proposer in self._fetching or len(self._fetching) >= MAX_FETCHES:
+            return  # the proposer re-broadcasts it if it is still needed then
+        self._fetching[compact.proposer] = compact.value_id
+        assert self._nursery is not None
+        self._nursery.start_soon(self._fetch, compact, author, missing)
+
+    async def _fetch(self, compact: CompactProposal, author: PeerId, missing: list[bytes]) -> None:
+        g = self.gossip
+        connected = g.transport.connected_peers()
+        first = [p for p in dict.fromkeys([compact.proposer, author]) if p in connected]
+        others = [p for p in connected if p not in first and not g.scores.is_banned(p)]
+        peers = first + g.random.sample(others, min(len(others), FETCH_PEERS))
+        started = trio.current_time()
+        try:
+            found = await fetch_txs(g, peers, missing)
+            log.info(
+                "proposal txs fetched",
+                height=compact.height,
+                round=compact.round,
+                missing=len(missing),
+                found=len(found),
+                seconds=round(trio.current_time() - started, 3),
+            )
+            await self._inbox_send.send(Fetched(compact, author, found))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the node is stopping
+        finally:
+            del self._fetching[compact.proposer]
+
+    async def _on_fetched(self, driver: ConsensusDriver, fetched: Fetched) -> None:
+        compact, found = fetched.proposal, fetched.txs
+        if compact.height <= driver.head.state.height:
+            return
+
+        def lookup(tx_hash: bytes) -> bytes | None:
+            return found.get(tx_hash) or self._lookup_tx(tx_hash)
+
+        await self._assembled(driver, compact, fetched.author, lookup, "fetched")
+
+    async def _assembled(
+        self,
+        driver: ConsensusDriver,
+        compact: CompactProposal,
+        author: PeerId,
+        lookup: Callable[[bytes], bytes | None],
+        how: str,
+    ) -> None:
+        try:
+            proposal, block = compact.assemble(lookup)
+        except AssemblyFailed as e:
+            self.metrics.proposals.labels("failed").inc()
+            log.warning("compact proposal not assembled", proposer=compact.proposer, reason=str(e))
+            return
+        self.metrics.proposals.labels(how).inc()
+        driver.recent_txs.add(compact.tx_hashes, block.txs)
+        await driver.on_assembled(proposal, block, author)
+
+    def _lookup_tx(self, tx_hash: bytes) -> bytes | None:
+        """A tx by hash from our mempool or recent blocks (for assembling and serving proposals)."""
+        stx = self.mempool.get(tx_hash)
+        if stx is not None:
+            return stx.encoded
+        return self.driver.recent_txs.get(tx_hash) if self.driver is not None else None
 
     def _on_watch(self, watch: Watch) -> None:
         if watch.stop:
@@ -392,7 +537,7 @@ class LedgerNode:
     def _validate_tx(self, envelope: Envelope) -> Verdict:
         if not self._ready:
             return Verdict.IGNORE  # offered again by gossip sync once we are up
-        checked = check_tx_envelope(envelope, self.head.state)
+        checked = check_tx_envelope(envelope, self.head.state, self.mempool, self.decoded.decode)
         if checked.verdict is Verdict.REJECT:
             log.info("rejected a gossiped tx", author=envelope.author_id, reason=checked.reason)
         return checked.verdict

@@ -20,10 +20,12 @@ from gossip.reqresp import RequestResponse
 from gossip.topics import TOPIC_CONSENSUS, TOPIC_TX
 from ledger.block import ZERO_HASH, build_block
 from ledger.blocksync import BLOCKS_PROTOCOL, BlockServer, SyncRejected, encode_commit, verify_synced
-from ledger.consensus import Commit, Proposal, Vote, VoteType, decode_message
+from ledger.compact import CompactProposal
+from ledger.consensus import Commit, Proposal, Vote, VoteType
 from ledger.driver import wall_clock_ms
 from ledger.errors import BadNonce, DuplicateTx
 from ledger.genesis import Genesis, GenesisValidator, genesis_state
+from ledger.inbound import parse_consensus
 from ledger.params import Params
 from ledger.proposers import ProposerSchedule
 from ledger.state import app_hash
@@ -104,10 +106,10 @@ def signed_slots(spy: Spy) -> dict[tuple[str, int, int, str], set[bytes | None]]
     """Everything each validator signed, as seen by the spy: (signer, height, round, step) -> values."""
     slots: dict[tuple[str, int, int, str], set[bytes | None]] = {}
     for envelope in spy.envelopes:
-        if envelope.kind != "consensus":
+        if envelope.kind not in ("consensus", "cproposal"):
             continue
-        msg = decode_message(envelope.body)
-        if isinstance(msg, Proposal):
+        msg = parse_consensus(envelope)
+        if isinstance(msg, Proposal | CompactProposal):
             key = (msg.proposer, msg.height, msg.round, "proposal")
             slots.setdefault(key, set()).add(msg.value_id)
         elif isinstance(msg, Vote):

@@ -67,6 +67,7 @@ from ledger.consensus.types import (
     Vote,
     VoteType,
     decode_message,
+    proposal_sign_bytes,
     value_id,
 )
 from ledger.consensus.validators import Validator, ValidatorSet
@@ -117,6 +118,7 @@ __all__ = [
     "check_commit",
     "decode_message",
     "is_valid_evidence",
+    "proposal_sign_bytes",
     "value_id",
     "verify_commit",
     "verify_evidence",

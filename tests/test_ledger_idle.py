@@ -1,0 +1,44 @@
+"""Idle chains: empty blocks come often only while the state waits on future heights."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from ledger.driver import awaits_heights
+from ledger.genesis import genesis_state
+from ledger.state import UnbondingEntry
+from tests.ledger_cluster import key, ledger_cluster, make_genesis
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_only_height_deadlines_count_as_waiting() -> None:
+    validators = [key(f"validator-{i}") for i in range(4)]
+    state = genesis_state(make_genesis(validators, validators))
+    assert not awaits_heights(state)
+    assert awaits_heights(dataclasses.replace(state, job_timers={(9, "job-1"): "open"}))
+    assert awaits_heights(dataclasses.replace(state, game_timers={(9, "dispute", "d-1"): "reveal"}))
+    entry = UnbondingEntry(amount=5, creation_height=1, release_height=50)
+    assert awaits_heights(dataclasses.replace(state, unbonding={(validators[0].peer_id, "v"): (entry,)}))
+
+
+async def test_an_idle_chain_slows_down_but_txs_still_go_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    busy, idle = 1.0, 20.0
+    async with ledger_cluster(tmp_path, observers=0) as cluster:
+        peers = await cluster.start_all(empty_block_interval=busy, idle_block_interval=idle)
+        await wait_until(lambda: min(cluster.heights()) >= 1, timeout=120)
+        start, first = trio.current_time(), max(cluster.heights())
+        await wait_until(lambda: min(cluster.heights()) >= first + 2, timeout=600)
+        assert trio.current_time() - start >= idle  # nothing due: the long interval
+        sent = trio.current_time()
+        tx_hash = await peers[0].node.submit(cluster.transfer(0, cluster.users[1].peer_id, 2))
+        await peers[0].node.wait_committed(tx_hash, timeout=600)
+        assert trio.current_time() - sent < idle / 2  # a tx never waits for the idle interval
