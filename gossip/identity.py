@@ -6,6 +6,7 @@ group or others can read is refused, as ssh does.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -23,16 +24,33 @@ class KeyFileError(GossipError):
     """A key file is missing, malformed or readable by others."""
 
 
+# Peer ids and keys are converted on every tx and message (base58 is slow in Python); the same
+# few thousand accounts recur, so both directions are cached (bounded; errors are not cached).
+ID_CACHE_SIZE = 1 << 16
+
+
 def peer_id_from_public(public: bytes) -> str:
     """libp2p peer id of an Ed25519 key: base58(identity-multihash(protobuf PublicKey))."""
     if len(public) != 32:
         raise ValueError(f"Ed25519 public key must be 32 bytes, got {len(public)}")
+    return _peer_id(bytes(public))
+
+
+@functools.lru_cache(maxsize=ID_CACHE_SIZE)
+def _peer_id(public: bytes) -> str:
     proto = b"\x08\x01\x12\x20" + public  # KeyType=Ed25519, Data=<32 bytes>
     return base58.b58encode(b"\x00" + bytes([len(proto)]) + proto).decode()
 
 
 def public_from_peer_id(peer_id: str) -> bytes:
     """Inverse of peer_id_from_public; raises ValueError for anything else."""
+    if not isinstance(peer_id, str):
+        raise ValueError(f"a peer id is a string, got {type(peer_id).__name__}")
+    return _public(peer_id)
+
+
+@functools.lru_cache(maxsize=ID_CACHE_SIZE)
+def _public(peer_id: str) -> bytes:
     raw = base58.b58decode(peer_id)
     if len(raw) != 38 or raw[:6] != b"\x00\x24\x08\x01\x12\x20":
         raise ValueError(f"not an Ed25519 peer id: {peer_id!r}")
