@@ -16,6 +16,7 @@ ledger finalizes after the challenge window.
 - specs.py: job specs built from API requests (validated against the model).
 - solver.py: the solver agent (bid, run, commit, serve, announce).
 - submitter.py: the submitter agent (post, announce, seal the input, fetch and check results).
+- journal.py: the agents' durable per-job records (atomic JSON files), reloaded on restart.
 - behaviours.py: TEST behaviours of solvers and verifiers that cheat on purpose (honest by default).
 - checkpoints.py: the solver's checkpoint states, served over `/hivemesh/market/checkpoint/1`.
 - inputs.py: a job's private input, served by its submitter to verifiers and referees.

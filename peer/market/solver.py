@@ -21,6 +21,15 @@ bundle as a blob; commit {output_hash, trace_root, result_size}; then announce t
 blob until the job is settled. If the job leaves "assigned" before we commit (deadline
 missed), the work is cancelled.
 
+Restarts: every job the ledger assigned us is journaled (journal.py,
+`<data>/market/solver.json`) with its announcement when its work starts, and with its result
+blob once that is stored, before job_commit is sent. After a restart the ledger decides: a job
+still "assigned" to us (and not past its deadline) is run again from scratch with the
+journaled announcement, without waiting for the submitter to re-announce it; a job
+"committed" whose result blob we journaled is announced again until it settles (the blob
+itself is served from the store; a dispute is the defender's). Records of jobs that settled,
+or are no longer ours, are dropped. Training runs start again from step 0.
+
 `SolverPolicy.behaviour` selects a TEST behaviour (behaviours.py): anything but "honest"
 cheats on purpose, to exercise spot checks and disputes on a test net.
 
@@ -52,6 +61,7 @@ from peer.market.behaviours import SolverBehaviour
 from peer.market.bundles import Result, inference_bundle, training_bundle
 from peer.market.checkpoints import prune
 from peer.market.errors import MarketError
+from peer.market.journal import Journal, Record, note_from_json, note_to_json
 from peer.market.sealed import open_sealed
 
 if TYPE_CHECKING:
@@ -63,6 +73,8 @@ INBOX_SIZE = 1024
 PROGRESS_INTERVAL_S = 0.5
 BID_WAIT_BLOCKS = 3  # how long a lagging ledger may take to show an announced job
 MAX_RECORDS = 1000  # jobs remembered (bids, work) for the API
+JOURNAL_NAME = "solver.json"
+LIVE_STATUSES = frozenset({"assigned", "committed", "disputed"})  # a journaled job still matters
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,17 @@ class _Finished:
     job_id: str
 
 
+@dataclass(frozen=True)
+class _Journaled:
+    job_id: str
+    record: Record
+
+
+@dataclass(frozen=True)
+class _Forgotten:
+    job_ids: tuple[str, ...]
+
+
 class Solver:
     """The solver actor of one peer."""
 
@@ -141,6 +164,10 @@ class Solver:
         self.records: dict[str, WorkRecord] = {}  # job id -> record (bids and work), owned by `run`
         self._working: set[str] = set()
         self._warned_unregistered = False
+        self.journal = Journal(market.data_dir / "market" / JOURNAL_NAME)
+        self._journaled: dict[str, Record] = {}  # job id -> journal record, owned by `run`
+        self._forgetting: set[str] = set()
+        self._unservable: set[str] = set()  # journaled results that could not be served again
         self._send, self._inbox = trio.open_memory_channel[object](INBOX_SIZE)
 
     def notify(self, note: wire.JobNote) -> None:
@@ -162,6 +189,9 @@ class Solver:
         }
 
     async def run(self) -> None:
+        self._journaled = await self.market.in_thread(self.journal.load)
+        if self._journaled:
+            log.info("solver journal loaded", jobs=len(self._journaled))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_chain)
             async for event in self._inbox:
@@ -174,6 +204,12 @@ class Solver:
                         self._on_state(state, nursery)
                     case _Finished(job_id=job_id):
                         self._working.discard(job_id)
+                    case _Journaled(job_id=job_id, record=record):
+                        self._journaled[job_id] = record
+                    case _Forgotten(job_ids=job_ids):
+                        for job_id in job_ids:
+                            self._journaled.pop(job_id, None)
+                            self._forgetting.discard(job_id)
 
     async def _follow_chain(self) -> None:
         height = 0
@@ -274,11 +310,14 @@ class Solver:
             job = state.jobs.get(job_id)
             if record.phase == "bid" and job is not None and job.status != "open" and job.solver != me:
                 record.mark("lost")
+        self._reconcile(state, nursery)
         for job_id in jobs_by_status(state, "assigned", solver=me):
             if job_id in self._working or (job_id in self.records and self.records[job_id].phase == "failed"):
                 continue  # running, or it failed here once: no retry loop until the deadline
             job = state.jobs[job_id]
-            note = self.market.book.jobs.get((job_id, job.submitter))
+            if state.height >= job.assigned_height + job.deadline_blocks:
+                continue  # too late to commit: the ledger marks it missed
+            note = self.market.book.jobs.get((job_id, job.submitter)) or self._journaled_note(job_id)
             if note is None:
                 continue  # the submitter re-announces its jobs until they settle
             record = self.records.get(job_id) or WorkRecord(job_id)
@@ -288,6 +327,73 @@ class Solver:
             self._working.add(job_id)
             nursery.start_soon(self._work, note, record)
 
+    # ---- the journal (restarts) -----------------------------------------------------------------
+
+    def _reconcile(self, state: State, nursery: trio.Nursery) -> None:
+        """Follow the ledger for journaled jobs: drop the settled ones, serve committed results again."""
+        me, gone = self.market.ledger.address, []
+        for job_id, entry in self._journaled.items():
+            job = state.jobs.get(job_id)
+            if job_id in self._forgetting or job is None:
+                continue  # being dropped, or not in our (lagging) state yet
+            if job.solver != me or job.status not in LIVE_STATUSES:
+                gone.append(job_id)
+            elif job.status == "committed" and job_id not in self._working and entry.get("result_blob"):
+                if job_id in self._unservable:
+                    continue  # no retry every block
+                record = self.records.get(job_id) or WorkRecord(job_id)
+                self.records[job_id] = record
+                self._working.add(job_id)
+                nursery.start_soon(self._serve_again, entry, record)
+        if gone:
+            self._forgetting.update(gone)
+            nursery.start_soon(self._forget, tuple(gone))
+
+    def _journaled_note(self, job_id: str) -> wire.JobNote | None:
+        entry = self._journaled.get(job_id)
+        if entry is None:
+            return None
+        try:
+            note = note_from_json(entry.get("note"))
+        except wire.WireError as e:
+            log.error("journaled job announcement is malformed", job=job_id[:16], error=str(e))
+            return None
+        return note if note.job_id == job_id else None
+
+    async def _journal(self, job_id: str, record: Record) -> None:
+        """Write a job's record (a failure is logged: the job goes on, only a restart would lose it)."""
+        try:
+            await self.market.in_thread(self.journal.put, job_id, record)
+        except OSError as e:
+            log.error("cannot write the solver journal", path=str(self.journal.path), error=str(e))
+        await self._send.send(_Journaled(job_id, record))
+
+    async def _forget(self, job_ids: tuple[str, ...]) -> None:
+        try:
+            await self.market.in_thread(self.journal.drop, *job_ids)
+        except OSError as e:
+            log.error("cannot write the solver journal", path=str(self.journal.path), error=str(e))
+        await self._send.send(_Forgotten(job_ids))
+
+    async def _serve_again(self, entry: Record, record: WorkRecord) -> None:
+        """Announce the journaled result of a job committed before a restart, until it settles."""
+        job_id = record.job_id
+        try:
+            blob, size = str(entry["result_blob"]), int(entry["size"])
+            if not await self.market.in_thread(self.market.store.has, blob):
+                raise MarketError(f"its result blob {blob[:16]} is not in the blob store")
+            record.result_blob = blob
+            record.mark("serving")
+            log.info("serving a committed result again", job=job_id[:16])
+            await self._announce_result(wire.ResultNote(job_id, blob, size), record)
+        except (MarketError, KeyError, TypeError, ValueError) as e:
+            record.error = f"cannot serve the journaled result: {e}"
+            record.mark("failed")
+            self._unservable.add(job_id)
+            log.error("journaled result cannot be served", job=job_id[:16], error=str(e))
+        finally:
+            await self._send.send(_Finished(job_id))
+
     async def _drop_checkpoints(self, job_ids: list[str]) -> None:
         """Forget the checkpoints of settled jobs whose disputes (if any) are over."""
         for job_id in job_ids:
@@ -295,6 +401,8 @@ class Solver:
 
     async def _work(self, note: wire.JobNote, record: WorkRecord) -> None:
         try:
+            if note.job_id not in self._journaled:  # a resumed job keeps its record (maybe a result)
+                await self._journal(note.job_id, {"note": note_to_json(note)})
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as guard:
                     guard.start_soon(self._cancel_if_missed, note.job_id, scope)
@@ -391,18 +499,23 @@ class Solver:
         market = self.market
         record.mark("committing")
         record.result_blob = await market.put_blob(data)
+        entry = {"note": note_to_json(note), "result_blob": record.result_blob, "size": result.size}
+        await self._journal(note.job_id, entry)  # before the commit: a restart serves this result
         await market.ledger.send("job_commit", {"job_id": note.job_id, **result.commitment()})
         record.mark("serving")
         log.info("job committed", job=note.job_id[:16], output=result.output_hash[:16])
-        announcement = wire.ResultNote(note.job_id, record.result_blob, result.size)
-        height = 0
+        await self._announce_result(wire.ResultNote(note.job_id, record.result_blob, result.size), record)
+
+    async def _announce_result(self, announcement: wire.ResultNote, record: WorkRecord) -> None:
+        """Announce a committed result every REANNOUNCE_S until the job leaves "committed"."""
+        market, height = self.market, 0
         while True:
             await market.publish(announcement)
             with trio.move_on_after(wire.REANNOUNCE_S):
                 while True:
                     state = await market.watch.wait_above(height)
                     height = state.height
-                    job = state.jobs.get(note.job_id)
+                    job = state.jobs.get(announcement.job_id)
                     if job is None or job.status != "committed":
                         record.mark(job.status if job is not None else "done")
                         return

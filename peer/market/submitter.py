@@ -13,6 +13,16 @@ result blob from the solver and checks it against the commitment (bundles.check_
 ledger itself finalizes the job (or refunds it) in end_block; the record notes the height and
 time of each status.
 
+The private input is sealed to our own key as soon as the job_post is signed, and only that
+sealed blob is kept (it is also what verifiers get, inputs.py). Each job is journaled
+(journal.py, `<data>/market/submitter.json`): its announcement, the sealed input blobs and
+the checked result, rewritten whenever one of them changes. On start, `run` reloads the
+journal and follows every unsettled job again, the ledger deciding where it stands: it
+re-announces it, seals the input to the winner if that was not done, fetches and checks the
+result, and serves the input to verifiers. A job whose follow task ends (settled, result
+handled) leaves the journal; so does a job the ledger never learned of (its job_post was
+never committed) after ORPHAN_BLOCKS.
+
 What the API shows of a job (`view`) is the ledger's record plus the phase the CLI renders
 (posted -> bidding -> assigned -> running -> committed -> finalized, or expired / missed /
 cancelled / reversed), the solver's last progress report and this peer's own record.
@@ -27,14 +37,16 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from compute.jobs import JobSpec
+from compute.errors import ComputeError
+from compute.jobs import JobSpec, decode_job
 from gossip.blobs import BlobError
 from ledger.jobs import job_id_for, jobs_by_status
 from peer.market import wire
 from peer.market.bundles import check_result
-from peer.market.errors import BadRequest, MarketError, NotFound, Unavailable
+from peer.market.errors import BadRequest, MarketError, NotFound, TxFailed, Unavailable
+from peer.market.journal import Journal, note_from_json, note_to_json
 from peer.market.models import model_blob_for_job
-from peer.market.sealed import seal
+from peer.market.sealed import SealError, open_sealed, seal
 from peer.market.specs import build_spec
 
 if TYPE_CHECKING:
@@ -48,6 +60,11 @@ DEFAULT_DEADLINE = 100
 RESULT_ATTEMPTS = 10
 RESULT_RETRY_S = 2.0
 RESULT_WAIT_S = 300.0  # how long a settled job's follow task may still wait for the result
+ORPHAN_BLOCKS = 100  # a journaled job the ledger still does not know this many blocks later was never posted
+JOURNAL_NAME = "submitter.json"
+# What restoring a journaled job may raise: a malformed record (wire.WireError is a ValueError),
+# a missing or unreadable blob, a spec that no longer decodes.
+_UNUSABLE = (MarketError, BlobError, ComputeError, OSError, SealError, LookupError, TypeError, ValueError)
 _REQUEST_FIELDS = {
     "model_hash",
     "kind",
@@ -77,7 +94,6 @@ class SubmittedJob:
     job_id: str
     note: wire.JobNote
     spec: JobSpec
-    private: bytes | None = field(repr=False)
     input_blob: str = ""
     own_input_blob: str = ""  # the input sealed to our own key, served to verifiers (inputs.py)
     result_blob: str = ""
@@ -97,6 +113,17 @@ class SubmittedJob:
             "error": self.error,
             "heights": dict(self.heights),
             "times": dict(self.times),
+        }
+
+    def journal_record(self, seen_at: int) -> dict[str, Any]:
+        """What a restart needs (journal.py); `seen_at` is our ledger height when it was posted."""
+        return {
+            "note": note_to_json(self.note),
+            "own_input_blob": self.own_input_blob,
+            "input_blob": self.input_blob,
+            "result_blob": self.result_blob if self.verified else "",
+            "heights": dict(self.heights),
+            "seen_at": seen_at,
         }
 
 
@@ -128,10 +155,15 @@ class Submitter:
     def __init__(self, market: MarketService) -> None:
         self.market = market
         self.jobs: dict[str, SubmittedJob] = {}  # owned by `run`
+        self.journal = Journal(market.data_dir / "market" / JOURNAL_NAME)
+        self._seen_at: dict[str, int] = {}  # job id -> our height when it was posted (orphan check)
         self._send, self._inbox = trio.open_memory_channel[_Track](64)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            for job in await self._reload():
+                self.jobs[job.job_id] = job
+                nursery.start_soon(self._follow, job)
             async for track in self._inbox:
                 self.jobs[track.job.job_id] = track.job
                 nursery.start_soon(self._follow, track.job)
@@ -175,21 +207,40 @@ class Submitter:
         spec, private = await market.in_thread(build_spec, model, kind, spec_params, private)
         spec_blob = await market.put_blob(spec.encode())
         body |= {"spec_hash": spec.hash, "model_hash": model_hash, "kind": kind, "bounty": bounty}
+        seen_at = ledger.height
         posted = await ledger.post("job_post", body)
         job_id = job_id_for(ledger.chain_id, ledger.address, posted["nonce"])
         note = wire.JobNote(
             job_id, spec.hash, spec_blob, model_hash, model_blob, kind, bounty,
             dict(body["requirements"]), ledger.address, private is not None,
         )  # fmt: skip
+        job = SubmittedJob(job_id, note, spec)
+        if private is not None:  # only the sealed form is kept, from here on
+            own = await market.in_thread(seal, market.encryption_key, private, job_id.encode())
+            job.own_input_blob = await market.put_blob(own)
+        del private
+        self._seen_at[job_id] = seen_at
+        await self._journal(job)  # before the commit: a restart from here on still follows the job
         await market.publish(note)  # before the commit: solvers get ready while it is included
-        posted = await ledger.committed("job_post", posted)
-        job = SubmittedJob(job_id, note, spec, private, heights={"posted": posted["height"]})
-        job.times["posted"] = time.time()
+        try:
+            posted = await ledger.committed("job_post", posted)
+        except TxFailed:
+            await self._forget(job_id)
+            raise
+        except Unavailable:
+            await self._hand_over(job)  # it may still be committed: follow it (dropped if it never is)
+            raise
+        job.heights["posted"], job.times["posted"] = posted["height"], time.time()
+        await self._journal(job)
+        await self._hand_over(job)
+        log.info("job posted", job=job_id[:16], kind=kind, bounty=bounty, height=posted["height"])
+        return self.view(job_id)
+
+    async def _hand_over(self, job: SubmittedJob) -> None:
+        """Give a new job to the actor task, which starts following it."""
         reply_send, reply = trio.open_memory_channel[None](1)
         await self._send.send(_Track(job, reply_send))
         await reply.receive()
-        log.info("job posted", job=job_id[:16], kind=kind, bounty=bounty, height=posted["height"])
-        return self.view(job_id)
 
     # ---- following a job ----------------------------------------------------------------------
 
@@ -199,6 +250,7 @@ class Submitter:
                 announcing.start_soon(self._announce, job)
                 await self._track(job, results)
                 announcing.cancel_scope.cancel()
+        await self._forget(job.job_id)  # settled and its result handled: nothing left to recover
 
     async def _announce(self, job: SubmittedJob) -> None:
         while True:
@@ -209,23 +261,27 @@ class Submitter:
             await trio.sleep(wire.REANNOUNCE_S)  # pacing: gossip is best effort, so repeat
 
     async def _track(self, job: SubmittedJob, results: trio.Nursery) -> None:
-        height, fetching = 0, False
+        height, fetching = 0, job.verified  # a job resumed from the journal may be checked already
         while True:
             state = await self.market.watch.wait_above(height)
             height = state.height
             record = self.market.ledger.job(job.job_id, state)
-            if record is None:
-                continue  # not in our state yet (cannot happen after our own commit, but be safe)
+            if record is None:  # not committed yet (or a lagging ledger after a restart)
+                if height > self._seen_at.get(job.job_id, height) + ORPHAN_BLOCKS:
+                    log.warning("journaled job never reached the ledger, dropped", job=job.job_id[:16])
+                    job.result_state, job.error = "none", "its job_post was never committed"
+                    return
+                continue
             status = record["status"]
             if record["bids"] and "bidding" not in job.heights:
                 job.heights["bidding"], job.times["bidding"] = height, time.time()
             if status not in job.heights:
                 job.heights[status], job.times[status] = height, time.time()
-            if status == "assigned" and job.private is not None and not job.input_blob:
+            if status == "assigned" and job.note.private_input and not job.input_blob:
                 await self.market.canaries.seal(job.job_id, job.spec.hash)  # before the solver can start
                 try:
                     await self._send_input(job, record)
-                except (MarketError, BlobError, OSError) as e:  # the solver will miss its deadline
+                except (MarketError, BlobError, OSError, SealError) as e:  # the solver will miss its deadline
                     job.error = f"cannot send the input to the solver: {e}"
                     log.warning("input not sent", job=job.job_id[:16], error=str(e))
             if status in ("committed", "finalized") and not fetching:
@@ -238,15 +294,19 @@ class Submitter:
                 return
 
     async def _send_input(self, job: SubmittedJob, record: dict[str, Any]) -> None:
+        """Seal the input (kept sealed to our own key) to the winner's key and announce it."""
         market = self.market
-        assert job.private is not None
+        if not job.own_input_blob:
+            raise MarketError(f"job {job.job_id} has no sealed input here")
+        context = job.job_id.encode()
+        own = await market.read_blob(job.own_input_blob)
+        private = await market.in_thread(open_sealed, market.x25519, own, context)
         key = bytes.fromhex(record["encryption_key"])
-        sealed = await market.in_thread(seal, key, job.private, job.job_id.encode())
+        sealed = await market.in_thread(seal, key, private, context)
+        del private
         job.input_blob = await market.put_blob(sealed)
-        own = await market.in_thread(seal, market.encryption_key, job.private, job.job_id.encode())
-        job.own_input_blob = await market.put_blob(own)
-        job.private = None  # only sealed forms are kept
         job.times["input_sent"] = time.time()
+        await self._journal(job)
         await market.publish(wire.InputNote(job.job_id, job.input_blob, record["solver"]))
 
     async def _fetch_result(self, job: SubmittedJob, record: dict[str, Any]) -> None:
@@ -273,8 +333,55 @@ class Submitter:
                 return
             job.result_blob, job.verified, job.error, job.result_state = note.blob, True, "", "verified"
             job.times["verified"] = time.time()
+            await self._journal(job)
             log.info("result verified", job=job.job_id[:16], output=result.output_hash[:16])
             return
+
+    # ---- the journal ---------------------------------------------------------------------------
+
+    async def _journal(self, job: SubmittedJob) -> None:
+        """Write the job's record (a failure is logged: the job goes on, only a restart would lose it)."""
+        seen_at = self._seen_at.get(job.job_id, self.market.ledger.height)
+        try:
+            await self.market.in_thread(self.journal.put, job.job_id, job.journal_record(seen_at))
+        except OSError as e:
+            log.error("cannot write the submitter journal", path=str(self.journal.path), error=str(e))
+
+    async def _forget(self, job_id: str) -> None:
+        self._seen_at.pop(job_id, None)
+        try:
+            await self.market.in_thread(self.journal.drop, job_id)
+        except OSError as e:
+            log.error("cannot write the submitter journal", path=str(self.journal.path), error=str(e))
+
+    async def _reload(self) -> list[SubmittedJob]:
+        """The unsettled jobs of the journal, to follow again (a record that cannot be used is dropped)."""
+        records = await self.market.in_thread(self.journal.load)
+        jobs = []
+        for job_id, record in records.items():
+            try:
+                job = await self._restore(job_id, record)
+            except _UNUSABLE as e:
+                log.error("journaled job cannot be resumed, dropped", job=job_id[:16], error=str(e))
+                await self._forget(job_id)
+                continue
+            jobs.append(job)
+            log.info("resuming a submitted job", job=job_id[:16], input_sent=bool(job.input_blob))
+        return jobs
+
+    async def _restore(self, job_id: str, record: dict[str, Any]) -> SubmittedJob:
+        note = note_from_json(record["note"])
+        if note.job_id != job_id or note.submitter != self.market.ledger.address:
+            raise MarketError("the record is not one of our jobs")
+        spec = await self.market.in_thread(decode_job, await self.market.read_blob(note.spec_blob))
+        if spec.hash != note.spec_hash:
+            raise MarketError("its spec blob is not the spec it announced")
+        job = SubmittedJob(job_id, note, spec, heights=dict(record["heights"]))
+        job.own_input_blob, job.input_blob = str(record["own_input_blob"]), str(record["input_blob"])
+        if record["result_blob"]:
+            job.result_blob, job.verified, job.result_state = str(record["result_blob"]), True, "verified"
+        self._seen_at[job_id] = int(record["seen_at"])
+        return job
 
     # ---- queries --------------------------------------------------------------------------------
 
