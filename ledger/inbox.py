@@ -40,6 +40,14 @@ class Submit:
 
 
 @dataclass(frozen=True, slots=True)
+class SubmitBatch:
+    """Txs from our own API, admitted in one owner step: answered with a hash or error per tx."""
+
+    txs: tuple[bytes, ...]
+    reply: trio.MemorySendChannel[list[bytes | LedgerError]]
+
+
+@dataclass(frozen=True, slots=True)
 class Watch:
     """Answer with the tx's placement once it is committed (stop=True: forget this waiter)."""
 

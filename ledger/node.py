@@ -72,7 +72,7 @@ from ledger.inbound import (
     parse_consensus,
     txs_of,
 )
-from ledger.inbox import Fetched, Gossiped, Join, Placed, Submit, SyncDone, Synced, Watch, answer
+from ledger.inbox import Fetched, Gossiped, Join, Placed, Submit, SubmitBatch, SyncDone, Synced, Watch, answer
 from ledger.mempool import Mempool
 from ledger.metrics import LedgerMetrics
 from ledger.state import State, app_hash, validator_set_at
@@ -80,6 +80,7 @@ from ledger.store import LedgerStore
 from ledger.txcache import DecodedTxs
 from ledger.txgossip import TxBatcher
 
+SUBMIT_CHUNK = 256  # txs admitted per owner step by submit_many (~25 ms of signature checks)
 log = structlog.get_logger(__name__)
 
 INBOX_SIZE = 1024
@@ -246,6 +247,25 @@ class LedgerNode:
         await self._batcher.add(bytes(tx))
         return result.hex()
 
+    async def submit_many(self, txs: list[bytes]) -> list[str | LedgerError]:
+        """Admit a batch in one owner step (one round trip, not one per tx); per tx its hash
+        (hex) or the mempool's LedgerError, in order. Admitted txs are queued for gossip."""
+        self._check_serving()
+        results: list[bytes | LedgerError] = []
+        for i in range(0, len(txs), SUBMIT_CHUNK):  # bounded owner steps: consensus is not held up
+            reply_send, reply_recv = trio.open_memory_channel[list[bytes | LedgerError]](1)
+            chunk = tuple(bytes(tx) for tx in txs[i : i + SUBMIT_CHUNK])
+            await self._inbox_send.send(SubmitBatch(chunk, reply_send))
+            results += await reply_recv.receive()
+        out: list[str | LedgerError] = []
+        for tx, result in zip(txs, results, strict=True):
+            if isinstance(result, LedgerError):
+                out.append(result)
+            else:
+                await self._batcher.add(bytes(tx))
+                out.append(result.hex())
+        return out
+
     async def wait_committed(self, tx_hash: str, timeout: float) -> tuple[int, int, Receipt]:
         """(height, index, receipt) of the block that carried tx_hash, waiting up to timeout seconds.
 
@@ -379,6 +399,15 @@ class LedgerNode:
                     answer(reply, self.mempool.add(tx, driver.head.state))
                 except LedgerError as e:
                     answer(reply, e)
+                await driver.maybe_start()
+            case SubmitBatch(txs=txs, reply=reply):
+                results: list[bytes | LedgerError] = []
+                for tx in txs:
+                    try:
+                        results.append(self.mempool.add(tx, driver.head.state))
+                    except LedgerError as e:
+                        results.append(e)
+                answer(reply, results)
                 await driver.maybe_start()
             case Watch():
                 self._on_watch(event)

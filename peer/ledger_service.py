@@ -144,13 +144,10 @@ class LedgerService:
 
     async def submit_many(self, txs: list[bytes]) -> list[dict[str, Any]]:
         """Submit a batch without waiting: one {"tx_hash"} or {"error", "code"} per tx, in order."""
-        results: list[dict[str, Any]] = []
-        for data in txs:
-            try:
-                results.append({"tx_hash": await self.node.submit(data)})
-            except LedgerError as e:
-                results.append({"error": str(e), "code": e.code})
-        return results
+        return [
+            {"error": str(r), "code": r.code} if isinstance(r, LedgerError) else {"tx_hash": r}
+            for r in await self.node.submit_many(txs)
+        ]
 
     async def _wait(self, tx_hash: str, timeout: float) -> dict[str, Any]:
         try:

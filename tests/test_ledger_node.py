@@ -88,6 +88,26 @@ async def test_validators_and_observer_commit_transfers_identically(tmp_path: Pa
         assert sum(p.metric("hivemesh_consensus_rounds_total") for p in peers[:4]) >= 1
 
 
+async def test_a_batch_is_admitted_in_order_with_an_answer_per_tx(tmp_path: Path) -> None:
+    async with ledger_cluster(tmp_path) as cluster:
+        peers = await cluster.start_all()
+        user, to = cluster.users[0], cluster.users[1].peer_id
+        txs = [
+            sign_tx(user, "transfer", {"to": to, "amount": 3}, nonce=n, fee=1, chain_id=CHAIN).encoded
+            for n in range(300)  # more than one owner step's chunk
+        ]
+        gap = sign_tx(user, "transfer", {"to": to, "amount": 3}, nonce=999, fee=1, chain_id=CHAIN).encoded
+        results = await peers[0].node.submit_many([*txs, txs[5], gap, b"\x93garbage"])
+        hashes = results[:300]
+        assert all(isinstance(h, str) for h in hashes)
+        assert hashes == [hashlib.sha256(tx).hexdigest() for tx in txs]
+        assert [type(e).__name__ for e in results[300:]] == ["DuplicateTx", "BadNonce", "InvalidTx"]
+        for peer in (peers[0], peers[-1]):  # gossiped too: the observer commits the same txs
+            _, _, receipt = await peer.node.wait_committed(str(hashes[-1]), timeout=30)
+            assert receipt.ok
+        assert peers[-1].node.state.accounts[user.peer_id].nonce == 300
+
+
 async def test_progress_with_20_percent_gossip_loss(tmp_path: Path) -> None:
     async with ledger_cluster(tmp_path) as cluster:
         cluster.net.drop = 0.2
