@@ -11,6 +11,7 @@ next committed state (`wait_above`) instead of polling the ledger themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -152,3 +153,13 @@ class HeightWatch:
             if state.height > height:
                 return state
             await self._changed.wait()
+
+    async def each_state(self, scan: Callable[[State, trio.Nursery], None]) -> None:
+        """Call `scan(state, nursery)` on every newer committed state, forever; the tasks it starts
+        in the nursery live on across heights (an agent's per-job or per-dispute work)."""
+        async with trio.open_nursery() as nursery:
+            height = 0
+            while True:
+                state = await self.wait_above(height)
+                height = state.height
+                scan(state, nursery)

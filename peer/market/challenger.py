@@ -191,12 +191,7 @@ class Challenger:
         return dispute_id
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            height = 0
-            while True:
-                state = await self.market.watch.wait_above(height)
-                height = state.height
-                self._scan(state, nursery)
+        await self.market.watch.each_state(self._scan)
 
     def _scan(self, state: State, nursery: trio.Nursery) -> None:
         me = self.market.ledger.address
