@@ -4,10 +4,11 @@ All three are plain blocking functions (the trio adapter is `compute.runner`). D
 from accelerate (GPU when present, CPU otherwise). Strict jobs run under
 `strict_settings()`; tolerant ones may use bf16 autocast.
 
-Training is resumable from any checkpoint. The only randomness is the data order: the
-batch for step t is slice t mod E of a permutation drawn from a generator seeded by
-(seed, epoch t div E), where E = len(dataset) // batch_size. The architectures draw no
-randomness in forward or backward. So `run_training_segment(spec, ..., state_s, s, e)`
+Training is resumable from any checkpoint (`resume_training` finishes an interrupted run).
+The only randomness is the data order: the batch for step t is slice t mod E of a
+permutation drawn from a generator seeded by (seed, epoch t div E), where
+E = len(dataset) // batch_size. The architectures draw no randomness in forward or
+backward. So `run_training_segment(spec, ..., state_s, s, e)`
 reproduces the state at step e bitwise in strict mode on the same machine and software.
 
 Error handling: bad input raises a ComputeError subclass (HashMismatch for content that is
@@ -292,13 +293,62 @@ def run_training(
         HashMismatch, DatasetError, JobCancelled (see the module docstring).
     """
     data = _prepare(spec, model, dataset)
-    marks = set(checkpoint_steps(spec.steps, spec.checkpoint_every))
     state = initial_state(model)
-    checkpoints = [(0, tensors_hash(state))]
     if on_checkpoint is not None:
         on_checkpoint(0, encode_state(state))
+    return _train_on(spec, model, data, state, [(0, tensors_hash(state))], progress, cancel, on_checkpoint)
+
+
+def resume_training(
+    spec: TrainingSpec,
+    model: Model,
+    dataset: Dataset | bytes | None,
+    done: Sequence[tuple[int, str]],
+    state: bytes,
+    *,
+    progress: Progress | None = None,
+    cancel: CancelFlag | None = None,
+    on_checkpoint: OnCheckpoint | None = None,
+) -> tuple[bytes, CheckpointTrace]:
+    """Finish an interrupted `run_training` from its last checkpoint; the same result, bitwise in strict mode.
+
+    Args:
+        done: (step, state hash) of the checkpoints the interrupted run reached, in order: a
+            prefix of the run's checkpoint steps, starting at 0.
+        state: the state bytes at the last of them.
+        on_checkpoint: receives only the checkpoints after the last of `done`.
+
+    Raises:
+        CheckpointError: `done` is not a prefix of the run's checkpoints, or `state` is
+            malformed or not the state whose hash `done` ends with.
+        HashMismatch, DatasetError, JobCancelled: as for run_training.
+    """
+    marks = checkpoint_steps(spec.steps, spec.checkpoint_every)
+    steps = [s for s, _ in done]
+    if not steps or steps != marks[: len(steps)]:
+        raise CheckpointError(f"checkpoint steps {steps[:8]} do not begin this run's {marks[:8]}")
+    tensors = decode_state(state)
+    if tensors_hash(tensors) != done[-1][1]:
+        raise CheckpointError(f"the state at step {steps[-1]} does not hash to its recorded checkpoint")
+    data = _prepare(spec, model, dataset)
+    return _train_on(spec, model, data, tensors, list(done), progress, cancel, on_checkpoint)
+
+
+def _train_on(
+    spec: TrainingSpec,
+    model: Model,
+    data: Dataset,
+    state: dict[str, torch.Tensor],
+    checkpoints: list[tuple[int, str]],
+    progress: Progress | None,
+    cancel: CancelFlag | None,
+    on_checkpoint: OnCheckpoint | None,
+) -> tuple[bytes, CheckpointTrace]:
+    """Train from `state` at the last of `checkpoints` to `spec.steps`; (final weights, full trace)."""
+    marks = set(checkpoint_steps(spec.steps, spec.checkpoint_every))
+    start = checkpoints[-1][0]
     with _settings(spec.mode):
-        for step, snapshot in _train(spec, model, data, state, 0, spec.steps, progress, cancel):
+        for step, snapshot in _train(spec, model, data, state, start, spec.steps, progress, cancel):
             if step in marks:
                 state = snapshot()
                 checkpoints.append((step, tensors_hash(state)))

@@ -4,8 +4,9 @@ Peer 0 registers a model, peer 3 is the only solver, peer 1 submits. Checked:
 - the submitter killed (SIGKILL) right after posting a private-input inference job and started
   again on the same home: it seals the input to the winner, the job finalizes and the
   submitter holds the checked result, equal to a local run of the spec;
-- the solver killed while running an assigned training job and started again before the
-  deadline: it runs the job again, commits, the job finalizes and it is paid its share of the
+- the solver killed while running an assigned training job (once it has persisted a
+  checkpoint past step 0) and started again before the deadline: it goes on from its last
+  recorded checkpoint (not step 0), commits, the job finalizes and it is paid its share of the
   price (no bond slashed, nothing burned);
 - each agent's journal forgets the job once it has settled.
 """
@@ -108,6 +109,15 @@ def journal_jobs(market: Market, index: int, name: str) -> set[str]:
     return set(journal(market, index, name))
 
 
+def recorded_steps(market: Market, index: int, job_id: str) -> list[int]:
+    """Steps of the checkpoints an unfinished training run on peer `index` has persisted."""
+    path = Path(market.home(index)) / "data" / "market" / "checkpoints" / "running" / f"{job_id}.json"
+    try:
+        return [step for step, _ in json.loads(path.read_text())["checkpoints"]]
+    except (FileNotFoundError, ValueError):  # not written yet, or being replaced
+        return []
+
+
 def test_a_submitter_killed_after_posting_still_gets_its_checked_result(
     market: Market, tmp_path: Path
 ) -> None:
@@ -166,9 +176,9 @@ def test_a_solver_killed_mid_job_finishes_after_a_restart_and_is_paid(market: Ma
         "spec": {
             "dataset": {"kind": "classes", "seed": 4, "size": 256, "shape": [16], "classes": 4},
             "optimizer": {"name": "sgd", "lr": "1/20"},
-            "steps": 3_000,
+            "steps": 20_000,  # seconds of work left once the first checkpoint past 0 is persisted
             "batch_size": 16,
-            "checkpoint_every": 500,
+            "checkpoint_every": 1_000,
         },
     }
     job_id = post(market.api(SUBMITTER), "/market/jobs", request)["job_id"]
@@ -179,7 +189,9 @@ def test_a_solver_killed_mid_job_finishes_after_a_restart_and_is_paid(market: Ma
     )
     assert running["solver"] == market.peer_id(SOLVER)
     assert job_id in journal_jobs(market, SOLVER, "solver.json")
+    wait_for(lambda: len(recorded_steps(market, SOLVER, job_id)) >= 2, 60, "a checkpoint past step 0")
     kill(market, SOLVER)
+    persisted = recorded_steps(market, SOLVER, job_id)
     restart(market, SOLVER)
     assert job_view(market, SUBMITTER, job_id)["status"] in ("assigned", "committed")  # before the deadline
 
@@ -189,6 +201,8 @@ def test_a_solver_killed_mid_job_finishes_after_a_restart_and_is_paid(market: Ma
         "the job to settle",
     )
     assert done["status"] == "finalized", done
+    resumed = job_view(market, SOLVER, job_id)["solved_here"]
+    assert resumed is not None and 0 < persisted[-1] == resumed["start_step"] < 20_000, (persisted, resumed)
     wait_for(lambda: supply(market)["height"] >= done["closed_height"], 60, "the payout")
     after = supply(market)
     p, price, solver = market.params, done["price"], market.peer_id(SOLVER)

@@ -7,6 +7,12 @@ blob store, with a per-job index ([step, state hash, blob id] per leaf, and the 
 written as JSON under `<data>/market/checkpoints/`, until the job is settled and its dispute,
 if any, is over (`prune`; the blobs themselves stay in the store, which has no deletion yet).
 
+A run in progress persists its list of [step, state blob] as it grows (`running/<job id>.json`,
+written atomically at each checkpoint, at most once per FLUSH_INTERVAL_S once the list is
+long), so a solver restarted mid-run resumes from its last recorded checkpoint
+(`resume_point`, then `compute.executor.resume_training`) instead of step 0. The run's final
+index (`seal`) replaces that list.
+
 Protocol `/hivemesh/market/checkpoint/1` (request/response, msgpack):
     request  {"job_id": hex, "index": int}
     response {"index", "step", "state_hash", "blob", "proof": [32-byte siblings], "n_leaves"}
@@ -22,7 +28,9 @@ when the solver served something that does not match its own commitment.
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +58,10 @@ log = structlog.get_logger(__name__)
 PROTOCOL = "/hivemesh/market/checkpoint/1"
 MAX_REQUEST = 1024
 MAX_RESPONSE = 64 * 1024
+RUNS_DIR = "running"  # under the index dir: the checkpoint lists of runs in progress
+RUN_VERSION = 1
+FLUSH_ALWAYS = 64  # a run's first checkpoints are each persisted at once...
+FLUSH_INTERVAL_S = 1.0  # ...later ones at most this often (the list is rewritten whole)
 REQUEST_TIMEOUT_S = 20.0
 KEEP_STATUSES = frozenset({"assigned", "committed", "disputed"})
 
@@ -84,6 +96,19 @@ class Checkpoint:
     n_leaves: int
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where an interrupted run of a job can go on: its recorded checkpoints and the last state."""
+
+    checkpoints: tuple[tuple[int, str], ...]  # (step, state hash), from step 0
+    blobs: tuple[tuple[int, str], ...]  # (step, state blob)
+    state: bytes  # the state at the last step
+
+    @property
+    def step(self) -> int:
+        return self.checkpoints[-1][0]
+
+
 class CheckpointStore:
     """Per-job index of checkpoint states kept in the blob store (thread-safe: the recorder runs
     in the compute worker thread)."""
@@ -94,6 +119,7 @@ class CheckpointStore:
         self._lock = threading.Lock()
         self._pending: dict[str, dict[int, str]] = {}  # job id -> step -> blob, while the run goes on
         self._index: dict[str, dict[str, Any]] = {}  # job id -> {"root", "leaves": [[step, hash, blob]]}
+        self._runs = {p.stem for p in (self.index_dir / RUNS_DIR).glob("*.json")}  # unfinished runs
         self._load()
 
     def _load(self) -> None:
@@ -109,17 +135,110 @@ class CheckpointStore:
             if root == entry.get("root"):
                 self._index[path.stem] = entry
 
-    def recorder(self, job_id: str) -> OnCheckpoint:
-        """An `on_checkpoint` callback that keeps each state of `job_id` as a blob."""
+    def recorder(self, job_id: str, resume: Resume | None = None) -> OnCheckpoint:
+        """An `on_checkpoint` callback that keeps each state of `job_id` as a blob and persists the
+        run's list of them (blocking: disk).
+
+        Args:
+            resume: the interrupted run this one goes on with (its checkpoints are kept); None
+                starts afresh and forgets any earlier list.
+        """
+        kept = dict(resume.blobs) if resume is not None else {}
         with self._lock:
-            self._pending[job_id] = {}
+            self._pending[job_id] = kept
+            self._runs.add(job_id)
+        if resume is None:
+            self._run_path(job_id).unlink(missing_ok=True)
+        last_flush = 0.0
 
         def record(step: int, state: bytes) -> None:
+            nonlocal last_flush
             blob = self.blobs.put_bytes(state)
             with self._lock:
-                self._pending.setdefault(job_id, {})[step] = blob
+                pending = self._pending.setdefault(job_id, {})
+                pending[step] = blob
+                listed = sorted(pending.items())
+            now = time.monotonic()
+            if len(listed) <= FLUSH_ALWAYS or now - last_flush >= FLUSH_INTERVAL_S:
+                last_flush = now
+                self._write_run(job_id, listed)
 
         return record
+
+    def _run_path(self, job_id: str) -> Path:
+        return self.index_dir / RUNS_DIR / f"{job_id}.json"
+
+    def _write_run(self, job_id: str, listed: list[tuple[int, str]]) -> None:
+        """Persist a run's checkpoint list atomically; a failure only costs a restart some steps."""
+        path = self._run_path(job_id)
+        data = json.dumps({"version": RUN_VERSION, "checkpoints": [list(c) for c in listed]}).encode()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("cannot persist the checkpoint list of a run", job=job_id[:16], error=str(e))
+
+    def recorded(self, job_id: str) -> list[tuple[int, str]]:
+        """(step, state blob) of the checkpoints an unfinished run of `job_id` persisted, in step
+        order; [] when there is none or it is unreadable (logged). Blocking: disk."""
+        path = self._run_path(job_id)
+        try:
+            raw = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            log.warning("unreadable checkpoint list of a run, ignored", path=str(path), error=str(e))
+            return []
+        current = isinstance(raw, dict) and raw.get("version") == RUN_VERSION
+        listed = raw.get("checkpoints") if current else None
+        well_formed = isinstance(listed, list) and all(
+            isinstance(c, list)
+            and len(c) == 2
+            and isinstance(c[0], int)
+            and not isinstance(c[0], bool)
+            and isinstance(c[1], str)
+            for c in listed
+        )
+        if not well_formed:
+            log.warning("malformed checkpoint list of a run, ignored", path=str(path))
+            return []
+        assert isinstance(listed, list)
+        steps = [c[0] for c in listed]
+        if steps != sorted(set(steps)):
+            log.warning("checkpoint list of a run out of order, ignored", path=str(path))
+            return []
+        return [(step, blob) for step, blob in listed]
+
+    def resume_point(self, job_id: str) -> Resume | None:
+        """The last checkpoint an interrupted run of `job_id` recorded, with every one before it
+        (the longest prefix whose states are all in the blob store and decode); None when there
+        is none to resume from. Blocking: disk, and hashing every recorded state."""
+        checkpoints: list[tuple[int, str]] = []
+        blobs: list[tuple[int, str]] = []
+        state = b""
+        for step, blob in self.recorded(job_id):
+            try:
+                data = self.blobs.read(blob)
+                digest = state_hash(data)
+            except (BlobError, ComputeError, OSError, ValueError) as e:
+                log.warning(
+                    "recorded checkpoint unusable, resuming before it",
+                    job=job_id[:16],
+                    step=step,
+                    error=str(e),
+                )
+                break
+            checkpoints.append((step, digest))
+            blobs.append((step, blob))
+            state = data
+        if not checkpoints:
+            return None
+        return Resume(tuple(checkpoints), tuple(blobs), state)
 
     def seal(self, job_id: str, trace: CheckpointTrace) -> None:
         """Index the recorded states of `job_id` by the leaves of its final trace (blocking: disk).
@@ -132,6 +251,7 @@ class CheckpointStore:
         if missing:
             raise MarketError(f"job {job_id}: no state recorded for checkpoint steps {missing[:5]}")
         self.put_index(job_id, trace.root, [[s, h, recorded[s]] for s, h in trace.checkpoints])
+        self._forget_run(job_id)  # the index holds it all now
 
     def seal_batches(self, job_id: str, batch_hashes: Sequence[str], root: str) -> None:
         """Index the leaves of an inference trace (no states: the dispute defence needs only the
@@ -166,12 +286,23 @@ class CheckpointStore:
         with self._lock:
             return sorted(self._index)
 
+    def running(self) -> list[str]:
+        """Jobs with the persisted checkpoint list of an unfinished run."""
+        with self._lock:
+            return sorted(self._runs)
+
     def drop(self, job_id: str) -> None:
-        """Forget a job's index (blocking: disk)."""
+        """Forget a job's index and any unfinished run's list (blocking: disk)."""
         with self._lock:
             self._index.pop(job_id, None)
             self._pending.pop(job_id, None)
         (self.index_dir / f"{job_id}.json").unlink(missing_ok=True)
+        self._forget_run(job_id)
+
+    def _forget_run(self, job_id: str) -> None:
+        with self._lock:
+            self._runs.discard(job_id)
+        self._run_path(job_id).unlink(missing_ok=True)
 
     def answer(self, job_id: str, index: int) -> dict[str, Any]:
         """The response body for checkpoint `index` of `job_id`. Raises Refused."""
@@ -293,7 +424,8 @@ async def fetch_checkpoint(service: MarketService, job: dict[str, Any], index: i
 
 
 def prune(service: MarketService, state: State) -> list[str]:
-    """Job ids whose checkpoints may go: settled, and no dispute over them is still running."""
+    """Job ids whose checkpoints may go: settled, and no dispute over them is still running; and
+    the unfinished runs of jobs that are no longer ours to finish (e.g. the deadline passed)."""
     done = []
     for job_id in service.checkpoints.jobs():
         job = state.jobs.get(job_id)
@@ -303,4 +435,8 @@ def prune(service: MarketService, state: State) -> list[str]:
         if dispute is not None and dispute.active:
             continue
         done.append(job_id)
+    for job_id in service.checkpoints.running():
+        job = state.jobs.get(job_id)
+        if job is not None and job.status not in KEEP_STATUSES and job_id not in done:
+            done.append(job_id)
     return done

@@ -10,7 +10,9 @@ the "solver" role (the operator opts in with `hivemesh tx register solver`), few
 `max_jobs` assigned jobs are running, and the policy's price fits: price =
 ceil(bounty * price_bps / 10_000), at least min_price, at most the bounty and the job's
 max_price. The bond is the chain's minimum for that price; the bid carries our X25519
-public key. Before bidding we fetch the spec blob and check it is the spec the ledger names.
+public key. Before bidding we fetch the spec blob and check it is the spec the ledger names;
+a submitter briefly unreachable (restarting) is asked again with backoff, at most
+SPEC_FETCH_ATTEMPTS times and only while the job is open and its bid window has not closed.
 
 Work (a job assigned to us, seen in a committed state): fetch the model (checked against its
 hash) and, when the job has a private input, wait for the submitter's sealed input and open
@@ -24,11 +26,15 @@ missed), the work is cancelled.
 Restarts: every job the ledger assigned us is journaled (journal.py,
 `<data>/market/solver.json`) with its announcement when its work starts, and with its result
 blob once that is stored, before job_commit is sent. After a restart the ledger decides: a job
-still "assigned" to us (and not past its deadline) is run again from scratch with the
-journaled announcement, without waiting for the submitter to re-announce it; a job
-"committed" whose result blob we journaled is announced again until it settles (the blob
-itself is served from the store; a dispute is the defender's). Records of jobs that settled,
-or are no longer ours, are dropped. Training runs start again from step 0.
+still "assigned" to us (and not past its deadline) is run again with the journaled
+announcement, without waiting for the submitter to re-announce it; a job "committed" whose
+result blob we journaled is announced again until it settles (the blob itself is served from
+the store; a dispute is the defender's). Records of jobs that settled, or are no longer ours,
+are dropped. A training run goes on from the last checkpoint its interrupted run recorded
+(checkpoints.py persists the list as it grows; the result is bitwise that of an uninterrupted
+run) and its work record says from which step (`start_step`). A job_commit sent just before
+the restart may land while the job runs again: the run then stops and the record shows
+"committed" (not failed), and the journaled result is served as above.
 
 `SolverPolicy.behaviour` selects a TEST behaviour (behaviours.py): anything but "honest"
 cheats on purpose, to exercise spot checks and disputes on a test net.
@@ -47,10 +53,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from compute.errors import CheckpointError as StateError
 from compute.errors import ComputeError
-from compute.executor import Progress
-from compute.jobs import InferenceSpec, JobSpec
+from compute.executor import Progress, resume_training
+from compute.jobs import InferenceSpec, JobSpec, TrainingSpec
 from compute.models import Model
+from compute.trace import CheckpointTrace
 from gossip.blobs import BlobError
 from ledger.jobs import jobs_by_status
 from ledger.params import BPS
@@ -59,7 +67,7 @@ from ledger.state import State
 from peer.market import wire
 from peer.market.behaviours import SolverBehaviour
 from peer.market.bundles import Result, inference_bundle, training_bundle
-from peer.market.checkpoints import prune
+from peer.market.checkpoints import CheckpointStore, prune
 from peer.market.errors import MarketError
 from peer.market.journal import Journal, Record, note_from_json, note_to_json
 from peer.market.sealed import open_sealed
@@ -72,6 +80,9 @@ log = structlog.get_logger(__name__)
 INBOX_SIZE = 1024
 PROGRESS_INTERVAL_S = 0.5
 BID_WAIT_BLOCKS = 3  # how long a lagging ledger may take to show an announced job
+SPEC_FETCH_ATTEMPTS = 8  # a submitter restarting within the bid window is asked again...
+SPEC_RETRY_FIRST_S = 0.5  # ...after this long, doubling...
+SPEC_RETRY_MAX_S = 8.0  # ...up to this
 MAX_RECORDS = 1000  # jobs remembered (bids, work) for the API
 JOURNAL_NAME = "solver.json"
 LIVE_STATUSES = frozenset({"assigned", "committed", "disputed"})  # a journaled job still matters
@@ -104,6 +115,7 @@ class WorkRecord:
     bond: int = 0
     done: int = 0
     total: int = 0
+    start_step: int = 0  # a training run resumed after a restart starts past step 0
     error: str = ""
     result_blob: str = ""
     times: dict[str, float] = field(default_factory=dict)
@@ -119,6 +131,7 @@ class WorkRecord:
             "price": self.price,
             "bond": self.bond,
             "progress": {"done": self.done, "total": self.total},
+            "start_step": self.start_step,
             "error": self.error,
             "result_blob": self.result_blob,
             "times": dict(self.times),
@@ -263,7 +276,7 @@ class Solver:
 
     async def _place_bid(self, note: wire.JobNote, price: int) -> _BidOutcome:
         market = self.market
-        await market.fetch_blob(note.spec_blob, [note.submitter])  # while the job_post is being included
+        await self._fetch_spec(note)  # while the job_post is being included
         job, seen_at = market.ledger.job(note.job_id), market.ledger.height
         while job is None and market.ledger.height < seen_at + BID_WAIT_BLOCKS:  # our ledger may lag
             await market.watch.wait_above(market.ledger.height)
@@ -282,6 +295,32 @@ class Solver:
         await market.ledger.send("job_bid", body)
         log.info("bid placed", job=note.job_id[:16], price=price, bond=bond)
         return _BidOutcome(note.job_id, price, bond)
+
+    async def _fetch_spec(self, note: wire.JobNote) -> None:
+        """Get the spec blob from the submitter, asking again with backoff while bids are open.
+
+        Raises BlobError (the last failure) after SPEC_FETCH_ATTEMPTS, MarketError once bids closed.
+        """
+        delay = SPEC_RETRY_FIRST_S
+        for attempt in range(1, SPEC_FETCH_ATTEMPTS + 1):
+            try:
+                await self.market.fetch_blob(note.spec_blob, [note.submitter])
+                return
+            except BlobError as e:
+                if attempt == SPEC_FETCH_ATTEMPTS:
+                    raise
+                error = e
+            log.info("spec fetch failed, will retry", job=note.job_id[:16], attempt=attempt, error=str(error))
+            await trio.sleep(delay)  # backoff between attempts, not synchronisation
+            delay = min(2 * delay, SPEC_RETRY_MAX_S)
+            if not self._bids_open(note.job_id):
+                raise MarketError(f"bids on job {note.job_id} closed before its spec could be had: {error}")
+
+    def _bids_open(self, job_id: str) -> bool:
+        job, height = self.market.ledger.job(job_id), self.market.ledger.height
+        if job is None:
+            return True  # not in our (lagging) state yet: the attempts bound the wait
+        return bool(job["status"] == "open" and height <= job["bids_close"])
 
     def _bid_done(self, outcome: _BidOutcome) -> None:
         record = self.records.get(outcome.job_id)
@@ -409,6 +448,10 @@ class Solver:
                     data, result = await self._solve(note, record)
                     guard.cancel_scope.cancel()
             if scope.cancelled_caught:
+                if self._committed_here(note.job_id):
+                    record.mark("committed")  # the commit sent before a restart landed: serve it
+                    log.info("our commit from before the restart landed, run stopped", job=note.job_id[:16])
+                    return
                 record.error = "the job left 'assigned' before we committed (deadline missed)"
                 record.mark("failed")
                 return
@@ -419,6 +462,13 @@ class Solver:
             log.warning("job failed", job=note.job_id[:16], error=str(e))
         finally:
             await self._send.send(_Finished(note.job_id))
+
+    def _committed_here(self, job_id: str, commitment: dict[str, Any] | None = None) -> bool:
+        """Whether the ledger holds our commit for the job (and it is `commitment`, when given)."""
+        job = self.market.ledger.job(job_id)
+        if job is None or job["solver"] != self.market.ledger.address or not job.get("output_hash"):
+            return False
+        return commitment is None or all(job.get(k) == commitment[k] for k in ("output_hash", "trace_root"))
 
     async def _cancel_if_missed(self, job_id: str, scope: trio.CancelScope) -> None:
         height = 0
@@ -462,26 +512,23 @@ class Solver:
 
         behaviour, store = self.behaviour, self.market.checkpoints
 
-        def job(cancel: threading.Event, post: Progress) -> tuple[Any, float, float]:
+        def job(cancel: threading.Event, post: Progress) -> tuple[Any, int, float, float]:
             wall, cpu = time.perf_counter(), time.thread_time()
             out: Any
+            start = 0
             if isinstance(spec, InferenceSpec):
                 out, _ = behaviour.infer(
                     spec, model, private or b"", job_id=job_id, progress=post, cancel=cancel
                 )
                 store.seal_batches(job_id, out.batch_hashes, out.root)  # the leaves a dispute asks for
             else:
-                recorder = store.recorder(job_id)  # every state, kept for spot checks and disputes
-                weights, trace, _ = behaviour.train(
-                    spec, model, private, job_id=job_id, progress=post, cancel=cancel, on_checkpoint=recorder
-                )
+                weights, trace, start = _train(behaviour, store, job_id, spec, model, private, post, cancel)
                 store.seal(job_id, trace)
                 out = (weights, trace)
-            return out, time.perf_counter() - wall, time.thread_time() - cpu
+            return out, start, time.perf_counter() - wall, time.thread_time() - cpu
 
-        out, record.times["compute_s"], record.times["compute_cpu_s"] = await self.market.executor.run(
-            job, progress
-        )
+        out, start, wall, cpu = await self.market.executor.run(job, progress)
+        record.start_step, record.times["compute_s"], record.times["compute_cpu_s"] = start, wall, cpu
         if isinstance(spec, InferenceSpec):
             return await self.market.in_thread(inference_bundle, job_id, out)
         return await self.market.in_thread(training_bundle, job_id, *out)
@@ -501,7 +548,13 @@ class Solver:
         record.result_blob = await market.put_blob(data)
         entry = {"note": note_to_json(note), "result_blob": record.result_blob, "size": result.size}
         await self._journal(note.job_id, entry)  # before the commit: a restart serves this result
-        await market.ledger.send("job_commit", {"job_id": note.job_id, **result.commitment()})
+        commitment = result.commitment()
+        try:
+            await market.ledger.send("job_commit", {"job_id": note.job_id, **commitment})
+        except MarketError:
+            if not self._committed_here(note.job_id, commitment):
+                raise
+            log.info("our commit from before the restart landed first", job=note.job_id[:16])
         record.mark("serving")
         log.info("job committed", job=note.job_id[:16], output=result.output_hash[:16])
         await self._announce_result(wire.ResultNote(note.job_id, record.result_blob, result.size), record)
@@ -519,3 +572,48 @@ class Solver:
                     if job is None or job.status != "committed":
                         record.mark(job.status if job is not None else "done")
                         return
+
+
+def _train(
+    behaviour: SolverBehaviour,
+    store: CheckpointStore,
+    job_id: str,
+    spec: TrainingSpec,
+    model: Model,
+    dataset: bytes | None,
+    progress: Progress,
+    cancel: threading.Event,
+) -> tuple[bytes, CheckpointTrace, int]:
+    """(weights, trace, first step run) of a training job, in the worker thread: an interrupted
+    honest run goes on from its last recorded checkpoint, anything else starts at step 0. Every
+    state is kept in `store` for spot checks and disputes."""
+    resume = store.resume_point(job_id) if behaviour.honest else None  # TEST behaviours start afresh
+    if resume is not None:
+        log.info("resuming an interrupted training run", job=job_id[:16], step=resume.step)
+        progress(resume.step, spec.steps)
+        try:
+            weights, trace = resume_training(
+                spec,
+                model,
+                dataset,
+                resume.checkpoints,
+                resume.state,
+                progress=progress,
+                cancel=cancel,
+                on_checkpoint=store.recorder(job_id, resume),
+            )
+            return weights, trace, resume.step
+        except StateError as e:
+            log.warning(
+                "cannot resume the interrupted run, starting from step 0", job=job_id[:16], error=str(e)
+            )
+    weights, trace, _ = behaviour.train(
+        spec,
+        model,
+        dataset,
+        job_id=job_id,
+        progress=progress,
+        cancel=cancel,
+        on_checkpoint=store.recorder(job_id),
+    )
+    return weights, trace, 0
