@@ -301,12 +301,19 @@ def cluster_down_cmd(
 @app.command()
 def demo(
     peers: Annotated[int, typer.Option("--peers", min=3, max=16, help="Number of peers.")] = 4,
+    cheat: Annotated[
+        bool,
+        typer.Option(
+            "--cheat",
+            help="Then a cheating solver (TEST behaviour) is caught by a verifier, disputed and slashed.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the compute market end to end on a local cluster: register, train, infer, pay, tear down."""
     from peer.market.demo import run_demo
 
-    result = run_demo(peers, show=not as_json)
+    result = run_demo(peers, show=not as_json, cheat=cheat)
     if as_json:
         render.print_json(result)
 

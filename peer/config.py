@@ -83,7 +83,7 @@ class Config(BaseModel):
     solver_min_price: int = Field(default=1, ge=1)
     solver_max_jobs: int = Field(default=2, ge=1, le=64)
     # Test behaviours (peer/market/behaviours.py): anything but "honest" cheats on purpose.
-    solver_behaviour: Literal["honest", "lazy", "wrong", "fake-train", "swap-model"] = "honest"
+    solver_behaviour: Literal["honest", "lazy", "wrong", "fake-train", "swap-model", "noisy"] = "honest"
     verifier: bool = False
     verifier_min_rate_bps: int = Field(default=0, ge=0, le=10_000)
     verifier_behaviour: Literal["honest", "lazy"] = "honest"
@@ -254,7 +254,8 @@ verifier = false
 verifier_min_rate_bps = 0
 
 # Test behaviours, for exercising the checks on a test net only: "honest" in production.
-# solver_behaviour: honest | lazy | wrong | fake-train | swap-model; verifier_behaviour: honest | lazy.
+# solver_behaviour: honest | lazy | wrong | fake-train | swap-model | noisy (honest, with float noise
+# inside a tolerant job's bounds); verifier_behaviour: honest | lazy.
 solver_behaviour = "honest"
 verifier_behaviour = "honest"
 """

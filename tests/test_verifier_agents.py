@@ -55,7 +55,7 @@ from peer.market.errors import MarketError
 from peer.market.referee import verdict_of
 from peer.market.verifier import Verifier, effective_rate, first_bad, sampled_leaves, segments_for
 from peer.market.voter import Observations, bonded_stake, evidence_bytes
-from tests.market_net import GENESIS, assign, committed, market_net
+from tests.market_net import GENESIS, assign, market_net
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -382,7 +382,7 @@ async def test_the_verifier_reports_and_its_challenger_bisects_a_fake_train_job(
             (solver, wire.ResultNote(job_id, result_blob, result.size)),
         ]  # fmt: skip
         # Checks every item (the ledger's sample is a subset), so the faked segment is always in it.
-        agent = Verifier(verifier, verifier.challenger, enabled=True, min_rate_bps=10_000)
+        agent = Verifier(verifier, verifier.challenger, enabled=True, min_rate_bps=10_000, gather_timeout=3.0)
         dispute_id = dispute_id_for(job_id)
 
         def closed() -> bool:
@@ -397,9 +397,16 @@ async def test_the_verifier_reports_and_its_challenger_bisects_a_fake_train_job(
                         await market.publish(note)
                     await trio.sleep(1.0)  # pacing: gossip is best effort
 
+            # The submitter (holder of the spec and model) is unreachable when the check starts:
+            # the check fails, is retried, and succeeds once the network heals.
+            network = verifier.transport.network
+            network.partition([submitter.identity.peer_id])
             nursery.start_soon(announce)
             nursery.start_soon(agent.run)
-            await committed(net, job_id, result.commitment())
+            await solver.ledger.send("job_commit", {"job_id": job_id, **result.commitment()})
+            await wait_until(lambda: job_id in agent.checks and agent.checks[job_id].error != "", timeout=60)
+            assert agent.checks[job_id].phase == "checking"  # failed once, to be tried again
+            network.heal()
             await wait_until(closed, timeout=150)
             nursery.cancel_scope.cancel()
 

@@ -31,4 +31,5 @@ ledger finalizes after the challenge window.
 - api.py: the market endpoints of the local HTTP API.
 - render.py: how the CLI shows jobs (live progress) and models; `follow_jobs` polls the API.
 - demo.py: `hivemesh demo`, the market end to end on a local cluster.
+- demo_cheat.py: `hivemesh demo --cheat`: a cheating solver caught, disputed and slashed.
 """

@@ -1,4 +1,5 @@
-"""TEST BEHAVIOURS: solvers and verifiers that cheat on purpose, to exercise hivemesh's checks.
+"""TEST BEHAVIOURS: solvers and verifiers that cheat on purpose (or, "noisy", drift within bounds),
+to exercise hivemesh's checks.
 
 Production peers run "honest" (the default). The others exist so spot checks, disputes,
 canaries and reputation votes can be tested against real cheating on a test net; a peer that
@@ -17,6 +18,11 @@ Solver behaviours (`SolverBehaviour.name`, config `solver_behaviour`):
 - swap-model: run a different model (the job's weights with seeded noise added). Inference:
   every batch is wrong. Training: the trace starts from the other model's state, so the
   first segment (from the spec's initial state) fails and the rest re-execute.
+- noisy: honest, on a different machine. Tolerant jobs only: float noise of NOISE_SHARE of
+  the spec's tolerance bound is added to the outputs (inference) or to the weights of every
+  checkpoint state after the first (training, which goes on from the noisy state, as another
+  machine's drift would). Every check passes, yet no output is bitwise the honest one. A
+  strict job runs honestly (logged): there no noise is allowed.
 
 "Units" are batch indices for inference and segment indices for training, where segment i
 runs from checkpoint i to checkpoint i + 1 (so it is trace leaf i + 1 that is wrong). Which
@@ -31,9 +37,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import structlog
 import torch
 
 from compute.datasets import Dataset, decode_inputs, resolve_dataset
@@ -50,6 +57,7 @@ from compute.executor import (
 )
 from compute.jobs import InferenceSpec, TrainingSpec
 from compute.models import Model, decode_weights, encode_weights
+from compute.tolerance import Tolerance, default_tolerance
 from compute.trace import CheckpointTrace, checkpoint_steps
 from compute.train_state import (
     MODEL_PREFIX,
@@ -60,10 +68,13 @@ from compute.train_state import (
     weights_of,
 )
 
-SOLVER_BEHAVIOURS = ("honest", "lazy", "wrong", "fake-train", "swap-model")
+SOLVER_BEHAVIOURS = ("honest", "lazy", "wrong", "fake-train", "swap-model", "noisy")
 VERIFIER_BEHAVIOURS = ("honest", "lazy")
 FAKE_FRACTION = 0.1  # share of units that "wrong" and "fake-train" fake
 NUDGE = 1e-3  # size of the noise added to fabricated weights: plausible, and never bitwise right
+NOISE_SHARE = 0.25  # "noisy": share of the tolerance bound added to each float (well inside it)
+
+log = structlog.get_logger(__name__)
 
 
 def faked_units(n: int, fraction: float, seed: str) -> tuple[int, ...]:
@@ -99,6 +110,35 @@ def nudge_state(state: bytes, seed: int) -> bytes:
     return encode_state(tensors)
 
 
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+def tolerance_noise(
+    tensors: Mapping[str, torch.Tensor], tol: Tolerance, share: float, seed: int, prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """`tensors` with every float element x moved by ±share * (atol + rtol * |x|), signs drawn from
+    `seed` (only the names starting with `prefix`). share < 1 stays within `tol`; share > 1 leaves it."""
+    atol, rtol = float(tol.atol), float(tol.rtol)
+    out = dict(tensors)
+    for i, name in enumerate(sorted(tensors)):
+        x = tensors[name]
+        if not name.startswith(prefix) or not x.is_floating_point():
+            continue
+        gen = torch.Generator().manual_seed((seed + i) % 2**63)
+        sign = torch.randint(0, 2, x.shape, generator=gen, dtype=torch.int8).to(torch.float64) * 2 - 1
+        x64 = x.detach().to(torch.float64)
+        moved = x64 + sign * share * (atol + rtol * x64.abs())
+        out[name] = torch.where(torch.isfinite(x64), moved, x64).to(x.dtype)  # inf and NaN stay as they are
+    return out
+
+
+def noisy_state(state: bytes, tol: Tolerance, seed: int, share: float = NOISE_SHARE) -> bytes:
+    """A training state as another machine might reach it: noise within `tol` on the model weights
+    (the optimizer's tensors are kept: noise could push e.g. second moments below zero)."""
+    return encode_state(tolerance_noise(decode_state(state), tol, share, seed, MODEL_PREFIX))
+
+
 def _inference_result(batches: Sequence[torch.Tensor]) -> InferenceResult:
     hashes = tuple(tensors_hash({"y": y}) for y in batches)
     y = torch.cat(list(batches))
@@ -122,6 +162,7 @@ class SolverBehaviour:
 
     name: str = "honest"
     fraction: float = FAKE_FRACTION
+    noise_share: float = NOISE_SHARE  # "noisy": share of the tolerance bound (above 1 it cheats)
 
     def __post_init__(self) -> None:
         if self.name not in SOLVER_BEHAVIOURS:
@@ -130,6 +171,13 @@ class SolverBehaviour:
     @property
     def honest(self) -> bool:
         return self.name == "honest"
+
+    @staticmethod
+    def _noise_applies(spec: InferenceSpec | TrainingSpec, job_id: str) -> bool:
+        if spec.mode == "tolerant":
+            return True
+        log.info("TEST BEHAVIOUR noisy: a strict job allows no noise, running it honestly", job=job_id[:16])
+        return False
 
     def infer(
         self,
@@ -154,6 +202,11 @@ class SolverBehaviour:
             sizes = _batch_sizes(spec, inputs)
             return _inference_result([y0[:size].clone() for size in sizes]), tuple(range(1, len(sizes)))
         result = run_inference(spec, model, inputs, progress=progress, cancel=cancel)
+        if self.name == "noisy" and self._noise_applies(spec, job_id):
+            tol = spec.tolerance or default_tolerance(spec.precision)
+            y = decode_weights(result.outputs, what="outputs")
+            noisy = tolerance_noise(y, tol, self.noise_share, _seed("noisy", job_id))["y"]
+            return _inference_result([b.clone() for b in noisy.split(spec.batch_size)]), ()
         if self.name != "wrong":
             return result, ()
         batches = _split(result, spec.batch_size)
@@ -175,7 +228,14 @@ class SolverBehaviour:
     ) -> tuple[bytes, CheckpointTrace, tuple[int, ...]]:
         """(final weights, trace, faked segment indices) of this behaviour's training run."""
         n_segments = len(checkpoint_steps(spec.steps, spec.checkpoint_every)) - 1
-        if self.name == "honest":
+        if self.name == "noisy" and self._noise_applies(spec, job_id):
+            tol = spec.tolerance or default_tolerance(spec.precision)
+            noise = (tol, self.noise_share, _seed("noisy", job_id))
+            weights, trace = _train_by_segments(
+                spec, model, dataset, set(), False, progress, cancel, on_checkpoint, noise
+            )
+            return weights, trace, ()
+        if self.name in ("honest", "noisy"):
             out = run_training(
                 spec, model, dataset, progress=progress, cancel=cancel, on_checkpoint=on_checkpoint
             )
@@ -215,9 +275,11 @@ def _train_by_segments(
     progress: Progress | None,
     cancel: CancelFlag | None,
     on_checkpoint: OnCheckpoint | None,
+    noise: tuple[Tolerance, float, int] | None = None,
 ) -> tuple[bytes, CheckpointTrace]:
     """Train segment by segment; the end state of each faked segment is fabricated (nudged), after
-    running it when `run_faked` (wrong) or without running it (fake-train, lazy)."""
+    running it when `run_faked` (wrong) or without running it (fake-train, lazy). With `noise`
+    (tolerance, share, seed: noisy), every end state gets that noise and training goes on from it."""
     data = resolve_dataset(spec.dataset, dataset)
     steps = checkpoint_steps(spec.steps, spec.checkpoint_every)
     state = encode_state(initial_state(model))
@@ -229,6 +291,9 @@ def _train_by_segments(
             state = run_training_segment(spec, model, data, state, start, end, cancel=cancel)
         if i in faked:
             state = nudge_state(state, i + 1)
+        if noise is not None:
+            tol, share, seed = noise
+            state = noisy_state(state, tol, seed + i + 1, share)
         checkpoints.append((end, state_hash(state)))
         if on_checkpoint is not None:
             on_checkpoint(end, state)

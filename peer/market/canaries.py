@@ -8,9 +8,10 @@ salt) when it knows the answer for the job's spec, a random decoy it never opens
 
 Known answers (`Answers`, spec hash -> output hash, kept in `<data>/market/canaries.json`):
 - `learn` (an operator that ran the spec itself, or a test);
-- a job this peer submitted that finalized without a dispute after at least one "ok" report
-  and no "bad" one while it was committed, or that finalized because the solver won its
-  dispute: the committed output stands, so later jobs of the same spec must give it.
+- a job this peer submitted in strict mode that finalized without a dispute after at least
+  one "ok" report and no "bad" one while it was committed, or that finalized because the
+  solver won its dispute: the committed output stands, so later jobs of the same spec must
+  give it bitwise. Tolerant jobs teach nothing: another honest machine's output may differ.
 
 A real canary is revealed late in the challenge window (REVEAL_MARGIN_BLOCKS before its end)
 so that the verifiers' reports are in: a failing canary then catches the solver and every
@@ -176,9 +177,16 @@ class CanaryAgent:
         dispute = state.disputes.get(dispute_id_for(job_id)) if job.challenger else None
         upheld = dispute is not None and dispute.outcome == "solver"  # "no_fault" proves nothing
         failed_canary = canary is not None and canary.real and canary.expected != job.output_hash
+        if not self._strict(job_id):
+            return  # a tolerant result is right within bounds, not bitwise: no known answer to test
         if not failed_canary and answer_of_settled(seen, upheld) and job.spec_hash not in self.answers:
             self.learn(job.spec_hash, job.output_hash)
             log.info("canary answer learned", spec=job.spec_hash[:16], output=job.output_hash[:16])
+
+    def _strict(self, job_id: str) -> bool:
+        """Whether our job `job_id` ran in strict mode (canaries compare output hashes bitwise)."""
+        submitted = self.market.submitter.jobs.get(job_id)
+        return submitted is not None and submitted.spec.mode == "strict"
 
     async def seal(self, job_id: str, spec_hash: str) -> None:
         """Seal the canary of a job of ours that is open or just assigned (once; a second caller waits

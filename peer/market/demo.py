@@ -7,6 +7,7 @@ winner) through the market. Both are followed live until the ledger finalizes th
 the demo runs the same specs locally and checks the committed output hashes against that
 run, shows who was paid what (balances before and after, each job's price split, fees) and
 checks that every balance moved by exactly that; the cluster is torn down whatever happens.
+With --cheat, two more peers join and a cheating solver is then caught (demo_cheat.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from peer import render
 from peer.client import ApiClient
-from peer.cluster import cluster_down, cluster_up
+from peer.cluster import DEFAULT_VALIDATORS, cluster_down, cluster_up
 from peer.errors import ClusterError
 from peer.market.render import follow_jobs
 from peer.procs import wait_for
@@ -34,19 +35,38 @@ BOUNTIES = {"training": 2_000, "inference": 1_000}
 STEP_TIMEOUT = 120.0
 
 
-def run_demo(peers: int = 4, timeout: float = 60.0, show: bool = True) -> dict[str, Any]:
-    """Run the demo (see the module docstring); returns what it found, for --json."""
+def run_demo(peers: int = 4, timeout: float = 60.0, show: bool = True, cheat: bool = False) -> dict[str, Any]:
+    """Run the demo (see the module docstring); returns what it found, for --json.
+
+    With `cheat`, two more peers (a cheating solver and a verifier) join, and a cheat is caught
+    after the normal round (peer/market/demo_cheat.py)."""
     if peers < 3:
         raise ClusterError("the market demo needs at least 3 peers (owner, submitter, solver)")
     say = render.console.print if show else (lambda *a, **k: None)
     with tempfile.TemporaryDirectory(prefix="hivemesh-demo-") as tmp:
         root = Path(tmp)
         try:
-            say(f"starting {peers} peers (all validators) in {root} …", markup=False)
-            cluster = cluster_up(root / "cluster", peers, timeout=timeout)
+            validators = min(peers, DEFAULT_VALIDATORS)
+            total = peers
+            if cheat:
+                from peer.market.demo_cheat import prepare_homes
+
+                prepare_homes(root / "cluster", peers, validators)
+                total += 2
+            what = f"{validators} validators" if cheat else "all validators"
+            say(f"starting {total} peers ({what}) in {root} …", markup=False)
+            cluster = cluster_up(root / "cluster", total, timeout=timeout, validators=validators)
             clients = [ApiClient(p.api_url, timeout=STEP_TIMEOUT) for p in cluster.peers]
+            ids = [p.peer_id for p in cluster.peers]
             try:
-                return _market_round(root, clients, [p.peer_id for p in cluster.peers], say, show)
+                result = _market_round(root, clients[:peers], ids[:peers], say, show)
+                if cheat:
+                    from peer.market.demo_cheat import cheat_round
+
+                    result["cheat"] = cheat_round(
+                        root, clients, ids, result["peers"], result["model"], say, show
+                    )
+                return result
             finally:
                 for client in clients:
                     client.close()
@@ -115,7 +135,7 @@ def _market_round(
 
     checks = _check_against_local_runs(model, views, inputs_path, submitter)
     genesis = json.loads((root / "cluster" / "genesis.json").read_text())
-    ledger = _Accounts(submitter, before, after, genesis.get("params", {}))
+    ledger = Accounts(submitter, before, after, genesis.get("params", {}))
     payouts = ledger.expected(views, registered["owner"], ROYALTY_BPS)
     if show:
         _show_results(checks)
@@ -180,7 +200,7 @@ def _check_against_local_runs(
     return checks
 
 
-class _Accounts:
+class Accounts:
     """Balances before and after, and what the ledger's rules say each account should have got."""
 
     def __init__(
@@ -192,6 +212,7 @@ class _Accounts:
         self.max_royalty_bps = params.get("max_royalty_bps", 1_000)
         self.min_fee = params.get("min_fee", 1)
         self.fees_received = self._fees_received(client, before["height"], after["height"])
+        self.pools = {"verifier pool": 0, "treasury": 0}  # expected pool changes (expected() fills them)
 
     @staticmethod
     def _fees_received(client: ApiClient, low: int, high: int) -> dict[str, int]:
@@ -202,11 +223,21 @@ class _Accounts:
             received[block["proposer"]] = received.get(block["proposer"], 0) + fees
         return received
 
+    def fee_rows(self) -> dict[str, dict[str, int]]:
+        """Per account: fees received as proposer less fees paid; "market" left at 0 for the caller."""
+        rows: dict[str, dict[str, int]] = {}
+        for address in self.after["accounts"]:
+            nonces = self.after["accounts"][address]["nonce"] - self.before["accounts"].get(address, {}).get(
+                "nonce", 0
+            )
+            rows[address] = {"market": 0, "fees": self.fees_received.get(address, 0) - nonces * self.min_fee}
+        return rows
+
     def expected(
         self, views: list[dict[str, Any]], owner: str, royalty_bps: int
     ) -> dict[str, dict[str, int]]:
         """Per account: market income, market spending (from the finalized jobs), fees paid and received."""
-        rows: dict[str, dict[str, int]] = {a: {"market": 0, "fees": 0} for a in self.after["accounts"]}
+        rows = self.fee_rows()
         pools = {"verifier pool": 0, "treasury": 0}
         for v in views:
             price = v["price"]
@@ -217,11 +248,6 @@ class _Accounts:
             rows[owner]["market"] += royalty
             pools["verifier pool"] += verifiers
             pools["treasury"] += treasury
-        for address, row in rows.items():
-            nonces = self.after["accounts"][address]["nonce"] - self.before["accounts"].get(address, {}).get(
-                "nonce", 0
-            )
-            row["fees"] = self.fees_received.get(address, 0) - nonces * self.min_fee
         self.pools = pools
         return rows
 
@@ -249,7 +275,7 @@ def _show_results(checks: list[dict[str, Any]]) -> None:
     render.console.print(table)
 
 
-def _show_payouts(ledger: _Accounts, rows: dict[str, dict[str, int]], roles: dict[str, str]) -> None:
+def _show_payouts(ledger: Accounts, rows: dict[str, dict[str, int]], roles: dict[str, str]) -> None:
     b, a = ledger.before, ledger.after
     table = Table(
         "account",

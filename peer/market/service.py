@@ -152,7 +152,8 @@ class MarketService:
 
     def _warn_test_behaviours(self) -> None:
         if not self.solver.behaviour.honest:
-            log.warning("TEST BEHAVIOUR: this solver cheats on purpose", behaviour=self.solver.behaviour.name)
+            log.warning("TEST BEHAVIOUR: this solver departs from honest work on purpose",
+                        behaviour=self.solver.behaviour.name)  # fmt: skip
         if not self.verifier_behaviour.honest:
             log.warning(
                 "TEST BEHAVIOUR: this verifier cheats on purpose", behaviour=self.verifier_behaviour.name

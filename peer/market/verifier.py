@@ -40,7 +40,14 @@ from gossip.blobs import BlobError
 from ledger.params import BPS
 from ledger.randomness import sample_indices
 from ledger.state import State
-from peer.market.challenger import Challenger, Material, check_segment_from, gather, on_executor
+from peer.market.challenger import (
+    GATHER_TIMEOUT_S,
+    Challenger,
+    Material,
+    check_segment_from,
+    gather,
+    on_executor,
+)
 from peer.market.checkpoints import CheckpointError
 from peer.market.errors import MarketError, TxFailed
 
@@ -52,6 +59,9 @@ log = structlog.get_logger(__name__)
 
 MAX_CONCURRENT_CHECKS = 4
 MAX_RECORDS = 1000
+# A check that could not run (solver or submitter unreachable for a moment, a blob not yet
+# served) is tried again while the job is still in its challenge window and not yet reported.
+RETRY_FIRST_S, RETRY_MAX_S, RETRY_ATTEMPTS = 1.0, 8.0, 6
 
 
 @dataclass
@@ -107,8 +117,10 @@ class Verifier:
         behaviour: str = "honest",
         voter: Voter | None = None,
         min_rate_bps: int = 0,
+        gather_timeout: float = GATHER_TIMEOUT_S,
     ) -> None:
         self.market, self.challenger, self.voter = market, challenger, voter
+        self.gather_timeout = gather_timeout  # how long one attempt waits for a job's material
         self.enabled, self.behaviour, self.min_rate_bps = enabled, behaviour, min_rate_bps
         self.checks: dict[str, Check] = {}  # job id -> check; written by the job's task
         self._limit = trio.CapacityLimiter(MAX_CONCURRENT_CHECKS)
@@ -156,18 +168,38 @@ class Verifier:
                 await self._report(job_id, "ok", seed)  # test behaviour: no re-execution at all
                 check.phase, check.verdict = "reported", "ok"
                 return
-            async with self._limit:
-                await self._honest_check(check, seed, rate_bps)
+            for attempt in range(RETRY_ATTEMPTS):
+                try:
+                    async with self._limit:
+                        await self._honest_check(check, seed, rate_bps)
+                    return
+                except (MarketError, ComputeError, BlobError, OSError) as e:
+                    retry = check.phase == "checking" and attempt + 1 < RETRY_ATTEMPTS
+                    check.error = str(e)
+                    log.warning("spot check failed to run", job=job_id[:16], error=str(e), retry=retry)
+                    if not retry:
+                        raise
+                await trio.sleep(min(RETRY_MAX_S, RETRY_FIRST_S * 2**attempt))
+                if not self._still_open(job_id):
+                    check.phase = "failed"
+                    return
         except (MarketError, ComputeError, BlobError, OSError) as e:
-            check.phase, check.error = "failed", str(e)
-            log.warning("spot check failed to run", job=job_id[:16], error=str(e))
+            if check.phase == "checking":
+                check.phase, check.error = "failed", str(e)
+
+    def _still_open(self, job_id: str) -> bool:
+        """Whether a report on `job_id` can still be taken from us."""
+        state = self.market.ledger.state
+        job = state.jobs.get(job_id)
+        me = self.market.ledger.address
+        return job is not None and job.status == "committed" and (job_id, me) not in state.reports
 
     async def _honest_check(self, check: Check, seed: bytes, rate_bps: int) -> None:
         market = self.market
         job = market.ledger.job(check.job_id)
         if job is None:
             raise MarketError(f"job {check.job_id} vanished from the ledger")
-        m = await gather(market, job)
+        m = await gather(market, job, self.gather_timeout)
         rate = effective_rate(rate_bps, self.min_rate_bps)
         training = not isinstance(m.spec, InferenceSpec)
         check.items = tuple(
