@@ -13,6 +13,7 @@ from compute.datasets import SyntheticClasses, encode_inputs
 from compute.jobs import OptimizerSpec, TrainingSpec
 from compute.models import Model
 from compute.train_state import state_hash
+from gossip.blobs import BlobTooLarge
 from ledger.jobs import job_id_for
 from peer.market.behaviours import SolverBehaviour
 from peer.market.bundles import training_bundle
@@ -128,3 +129,14 @@ async def test_fetch_input_only_for_registered_verifiers(tmp_path: Path) -> None
         await wait_until(lambda: (job_id, submitter.ledger.address) in solver.book.jobs, timeout=45)
         with pytest.raises(InputUnavailable, match="solver of a job"):
             await fetch_input(solver, solver.ledger.job(job_id) or {})
+
+
+async def test_a_blob_larger_than_the_caller_expects_is_refused(tmp_path: Path) -> None:
+    async with market_net(tmp_path) as net:
+        solver, verifier = net["solver"], net["verifier"]
+        data = bytes(range(256)) * 4096  # 1 MiB: what a solver might serve instead of a small result
+        blob = await solver.put_blob(data)
+        with pytest.raises(BlobTooLarge):
+            await verifier.fetch_blob(blob, [solver.identity.peer_id], max_size=len(data) - 1)
+        assert not await verifier.in_thread(verifier.store.has, blob)  # nothing of it was kept
+        assert await verifier.fetch_blob(blob, [solver.identity.peer_id], max_size=len(data)) == data

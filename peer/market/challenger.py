@@ -89,7 +89,7 @@ async def gather(market: MarketService, job: dict[str, Any], timeout: float = GA
         private = await fetch_input(market, job)
         announced = await book.wait_for(lambda: book.results.get((job_id, solver)))
         try:
-            data = await market.fetch_blob(announced.blob, [solver])
+            data = await market.fetch_blob(announced.blob, [solver], max_size=job["result_size"] or None)
         except BlobError as e:
             raise Unavailable(f"cannot fetch the result of job {job_id}: {e}") from None
         result = await market.in_thread(check_result, data, job, spec)

@@ -223,10 +223,12 @@ class MarketService:
     async def read_blob(self, blob_id: str) -> bytes:
         return await self.in_thread(self.store.read, blob_id)
 
-    async def fetch_blob(self, blob_id: str, preferred: list[str]) -> bytes:
+    async def fetch_blob(self, blob_id: str, preferred: list[str], max_size: int | None = None) -> bytes:
         """The blob's bytes: ours, or fetched from `preferred` peers first, then every connected one.
+        `max_size`: the size the caller expects at most (e.g. a job's committed result size); a blob
+        announced larger is refused before anything is fetched.
 
-        Raises BlobError (FetchFailed) when no peer serves it.
+        Raises BlobError (FetchFailed, BlobTooLarge) when no peer serves it within the limits.
         """
         me = self.identity.peer_id
         if not await self.in_thread(self.store.has, blob_id):
@@ -236,7 +238,7 @@ class MarketService:
                     await self._dial(peer)
         others = sorted(set(self.transport.connected_peers()) - {me})
         peers = list(dict.fromkeys([p for p in preferred if p != me] + others))
-        path = await self.exchange.fetch(blob_id, peers)
+        path = await self.exchange.fetch(blob_id, peers, max_size=max_size)
         return await self.in_thread(path.read_bytes)
 
     async def ensure_connected(self, peer: str) -> None:

@@ -321,7 +321,7 @@ class Submitter:
         for _ in range(RESULT_ATTEMPTS):
             try:
                 note = await market.book.wait_for(lambda: market.book.results.get((job.job_id, solver)))
-                data = await market.fetch_blob(note.blob, [solver])
+                data = await market.fetch_blob(note.blob, [solver], max_size=record["result_size"] or None)
                 result = await market.in_thread(check_result, data, record, job.spec)
             except (BlobError, OSError) as e:
                 job.error = f"cannot fetch the result: {e}"
@@ -448,7 +448,8 @@ class Submitter:
             if note is None:
                 raise Unavailable(f"the solver of job {job_id} has not announced its result blob (yet)")
             try:
-                data = await market.fetch_blob(note.blob, [record["solver"]])
+                limit = record["result_size"] or None
+                data = await market.fetch_blob(note.blob, [record["solver"]], max_size=limit)
             except BlobError as e:
                 raise Unavailable(f"cannot fetch the result of job {job_id}: {e}") from None
         result = await market.in_thread(check_result, data, record, spec)
