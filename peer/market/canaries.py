@@ -2,9 +2,9 @@
 
 A canary is a job whose submitter already knows the right output (ledger.canary). Verifiers
 must not be able to tell one from an ordinary job, so this agent seals a commitment on every
-job this peer submitted as soon as it sees the job on the ledger (open, or at the latest when
-assigned, before the input is released): a real one (the expected output hash and a fresh
-salt) when it knows the answer for the job's spec, a random decoy it never opens otherwise.
+job this peer submitted once the ledger assigns it (the submitter also seals before it
+releases the input to the winner): a real one (the expected output hash and a fresh salt)
+when it knows the answer for the job's spec, a random decoy it never opens otherwise.
 
 Known answers (`Answers`, spec hash -> output hash, kept in `<data>/market/canaries.json`):
 - `learn` (an operator that ran the spec itself, or a test);
@@ -138,7 +138,7 @@ class CanaryAgent:
                 continue
             audit = state.audits.get(job_id)
             if (
-                job.status in ("open", "assigned")  # sealed as soon as seen: before any result
+                job.status == "assigned"  # not while open: extra txs would shorten bid windows
                 and job_id not in self.canaries
                 and (audit is None or not audit.canary)
             ):
@@ -189,8 +189,8 @@ class CanaryAgent:
         return submitted is not None and submitted.spec.mode == "strict"
 
     async def seal(self, job_id: str, spec_hash: str) -> None:
-        """Seal the canary of a job of ours that is open or just assigned (once; a second caller waits
-        for the first). The submitter calls it before it releases the input, so the commitment is on
+        """Seal the canary of a job of ours that was just assigned (once; a second caller waits for
+        the first). The submitter calls it before it releases the input, so the commitment is on
         the ledger before the solver can have a result. Never raises: a refusal is logged."""
         if job_id in self._sealing:
             await self._sealing[job_id].wait()
