@@ -106,8 +106,8 @@ async def test_lying_provider_is_dropped_and_its_chunks_come_from_another(tmp_pa
 
         path = await exchange.fetch(blob_id, [liar.peer_id, honest.peer_id], parallel=2)
         assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
-        assert [peer for peer, _ in reports] == [liar.peer_id]
-        assert "does not match its hash" in reports[0][1]
+        assert {peer for peer, _ in reports} == {liar.peer_id}  # the honest provider never is
+        assert any("does not match its hash" in why for _, why in reports)
         assert exchange.stats.bad_chunks >= 1
         assert honest.exchange.stats.chunks_served >= 24  # nothing the liar sent was kept
         nursery.cancel_scope.cancel()
