@@ -102,16 +102,15 @@ async def test_forged_terabyte_manifest_is_refused_by_the_default_limit(tmp_path
 
 
 async def test_claim_larger_than_the_free_disk_reserves_nothing(tmp_path: Path) -> None:
-    claim = 1 << 40
     stat = os.statvfs(tmp_path)
-    if stat.f_bavail * stat.f_frsize >= claim:
-        pytest.skip("this disk has 1 TiB free: the claim would fit")
+    free = stat.f_bavail * stat.f_frsize
+    claim = max(1 << 40, (free // MAX_CHUNK_SIZE + 1024) * MAX_CHUNK_SIZE)  # always over the free space
     blob_id, manifest = forged_manifest(claim, MAX_CHUNK_SIZE, claim // MAX_CHUNK_SIZE)
     network = MemoryNetwork(seed=22)
     async with trio.open_nursery() as nursery:
         liar = await hostile_peer(nursery, network, manifest_server(manifest))
         client = await start_peer(nursery, network.transport(Identity.generate()), tmp_path / "c")
-        client.exchange.max_blob_size = 4 << 40  # an operator who accepts huge blobs
+        client.exchange.max_blob_size = 4 * claim  # an operator who accepts huge blobs
         with pytest.raises(DiskFull, match=f"needs {claim} bytes"):
             await client.exchange.fetch(blob_id, [liar.peer_id])
         assert nothing_on_disk(client, blob_id)
