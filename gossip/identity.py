@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import base58
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 from gossip.errors import GossipError
 
@@ -58,9 +59,13 @@ def _public(peer_id: str) -> bytes:
 
 
 def verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    """Ed25519 verification by libsodium: half the CPU of OpenSSL's per call, and every tx,
+    vote and envelope is verified once per node (benchmarks/ledger_throughput.py)."""
+    if len(public) != 32 or len(signature) != 64:
+        return False
     try:
-        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
-    except (InvalidSignature, ValueError):
+        crypto_sign_open(signature + message, public)  # the detached form is not exported
+    except (BadSignatureError, ValueError, TypeError):
         return False
     return True
 
