@@ -15,7 +15,8 @@ Measured:
                    reached (a validator far below the others is not receiving the txs);
                    consensus: block interval, txs per block, rounds per height (> 1 means a
                    round timed out), blocks fetched by block sync; CPU of each validator
-                   (% of one core) over the run. Validators that stop answering are listed.
+                   (% of one core) over the run, and CPU-ms per committed tx (mean
+                   validator). Validators that stop answering are listed.
 
 Every process shares this machine: clients, HTTP, gossip and consensus compete for the same
 cores, so the numbers say what this machine can do, not what a network of machines can.
@@ -282,7 +283,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cluster_down(root, timeout=10)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    stats = {"start_at": start_at, "submit_end": submit_end, "cpu": cpu, "before": before, "after": after}
+    stats = {
+        "start_at": start_at,
+        "submit_end": submit_end,
+        "cpu": cpu,
+        "cpu_s": [c / 100 * elapsed for c in cpu],
+        "before": before,
+        "after": after,
+    }
     return report(args, submitted, watcher, sampler, submitters, stats)
 
 
@@ -349,6 +357,8 @@ def report(
             for k in ("full", "compact", "fetched", "failed")
         },
         "validator_cpu_pct": [round(c) for c in stats["cpu"]],
+        # CPU per committed tx, per validator: what a tx costs, less sensitive to other load than tx/s.
+        "validator_cpu_ms_per_tx": round(statistics.mean(stats["cpu_s"]) * 1000 / max(len(latencies), 1), 3),
         "status_unanswered": sampler.unanswered,
         "watcher_errors": watcher.errors,
     }

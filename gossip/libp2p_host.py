@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import weakref
+from collections import defaultdict
 
 import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.pubsub.pubsub as _pubsub_module
@@ -31,12 +32,13 @@ from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import ValidationError
 from libp2p.network.stream.exceptions import StreamClosed, StreamReset
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.pubsub import Pubsub, ValidationResult
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -81,6 +83,7 @@ def harden_library() -> None:
     Both knobs are read by the library at call time, so patching the defaults is enough and
     must happen before any peer connects.
     """
+
     _rpc_queue_module.RpcQueue.__init__.__defaults__ = (
         RPC_QUEUE_SIZE,
         _rpc_queue_module.DefaultMaxMessageSize,
@@ -221,9 +224,26 @@ def _disable_auto_connect(host: IHost) -> None:
     connector.maybe_connect = never_connect  # type: ignore[method-assign]
 
 
+class BackoffGossipSub(GossipSub):
+    """GossipSub that backs off from the peers its heartbeat prunes, as the spec says.
+
+    The library's heartbeat prunes an oversubscribed mesh without recording a backoff on its
+    own side, so the next heartbeat that finds the mesh short may GRAFT the same peer again at
+    once; that peer, still inside the backoff our PRUNE told it about, calls it a GRAFT flood
+    and prunes us back: mesh churn, and a warning each time.
+    """
+
+    def mesh_heartbeat(self) -> tuple[defaultdict[ID, list[str]], defaultdict[ID, list[str]]]:
+        to_graft, to_prune = super().mesh_heartbeat()
+        for peer, topics in to_prune.items():
+            for topic in topics:
+                self._add_back_off(peer, topic, False)
+        return to_graft, to_prune
+
+
 def make_router() -> GossipSub:
     """GossipSub with the settings measured to work (notes/libp2p-measurements.md)."""
-    return GossipSub(
+    return BackoffGossipSub(
         protocols=list(GOSSIP_PROTOCOLS),
         degree=GOSSIP_DEGREE,
         degree_low=GOSSIP_DEGREE_LOW,
@@ -278,6 +298,28 @@ class HardenedPubsub(Pubsub):
         except Exception as error:  # as the library's loop: a broken sender means a dead peer
             log.debug("pubsub sender for %s stopped: %r", peer_id, error)
             self._handle_dead_peer(peer_id)
+
+    async def validate_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        """The library's check (cache, then the topic's sync validators), without its error text.
+
+        The library puts the whole message into ValidationError's text (f"...{msg}"): formatting
+        a 64 KiB tx batch costs milliseconds, and every message our validator ignores pays it
+        (a tx batch whose txs are known, a backlogged subscriber). Only our sync validators run.
+        """
+        msg_id = self._msg_id_constructor(msg)
+        cached = self.validation_cache.get(msg_id)
+        if cached is not None:
+            if not cached.is_valid:
+                raise ValidationError("refused before")
+            return
+        for topic_validator in self.get_msg_validators(msg):
+            if topic_validator.is_async:  # none of ours: keep the library's path for them
+                await super().validate_msg(msg_forwarder, msg)
+                return
+            if not topic_validator.validator(msg_forwarder, msg):
+                self.validation_cache.put(msg_id, ValidationResult(False, time.time(), "refused"))
+                raise ValidationError("refused by the topic validator")
+        self.validation_cache.put(msg_id, ValidationResult(True, time.time()))
 
     async def stream_handler(self, stream: INetStream) -> None:
         try:
