@@ -13,10 +13,13 @@ holds its address), so their detection compounds.
 
 Part 2, disputes. Rounds: the pure ledger game (real signed txs through `apply_block`, as
 tests/test_disputes.py does) over the real trace of each granularity, with the solver's
-defence from peer/market/defender.py (`next_move`) and an honest challenger. Seconds: the same
-game with real re-execution in one process: the challenger answers each round by running
-check_segment from the agreed lower checkpoint to mid, and each of the 3 committee members
-re-executes the final unit; blocks used are counted and converted at a few block times.
+defence from peer/market/defender.py (`next_move`) and an honest challenger; the game bisects
+the checkpoints, then the steps of the last checkpoint interval, down to one training step.
+Seconds: the same game with real re-execution in one process: the solver computes its states
+at the step midpoints from its nearest kept state, the challenger answers each round by
+running check_segment from the agreed lower state to mid, and each of the 3 committee members
+re-executes the final single step (ref_steps = 1); blocks used are counted and converted at a
+few block times.
 
     .venv/bin/python benchmarks/verification.py [--steps 1000] [--draws 2000] [--every 100,20,10,4,2]
 """
@@ -40,10 +43,10 @@ from compute.executor import run_training, run_training_segment
 from compute.jobs import OptimizerSpec, TrainingSpec
 from compute.models import Model
 from compute.trace import CheckpointTrace
-from compute.train_state import encode_state, initial_state
+from compute.train_state import encode_state, initial_state, state_hash
 from compute.verify import SegmentCheck, check_segment
 from gossip.blobs import BlobStore
-from ledger.disputes import dispute_id_for
+from ledger.disputes import dispute_id_for, round_bound
 from peer.market.behaviours import SolverBehaviour
 from peer.market.checkpoints import CheckpointStore
 from peer.market.defender import next_move
@@ -166,27 +169,60 @@ class Game:
     solver_s: float
     referee_s: float
     outcome: str
-    narrowed: tuple[int, int]
+    narrowed: tuple[int, int]  # the training steps (lo_step, hi_step] the committee re-executes
+    referee_steps: int  # steps each committee member re-executed
+
+
+class SolverStates:
+    """The fake-train solver's full states at dispute steps: resumed from its nearest kept state
+    at or below the step (a checkpoint, or a step computed earlier in the game), as
+    peer/market/defender.py does."""
+
+    def __init__(self, run: Run, model: Model) -> None:
+        self.run, self.model = run, model
+        self.kept = {s: i for i, s in enumerate(run.trace.steps)}  # step -> leaf index
+        self.steps: dict[int, bytes] = {}
+
+    def at(self, step: int) -> bytes:
+        if step in self.steps:
+            return self.steps[step]
+        start = max([s for s in self.kept if s <= step] + [s for s in self.steps if s <= step])
+        state = self.steps.get(start) or self.run.state(self.kept[start])
+        if state is None:
+            state = encode_state(initial_state(self.model))
+        if start < step:
+            state = run_training_segment(self.run.spec, self.model, None, state, start, step)
+        self.steps[step] = state
+        return state
 
 
 def play(run: Run, model: Model, bad: int, challenger: str) -> Game:
-    """One dispute over leaf `bad` of `run` on a real ledger state machine.
+    """One dispute over leaf `bad` of `run` on a real ledger state machine, over leaves and then
+    over the steps of the last checkpoint interval.
 
-    challenger: "reexecute" answers each round by re-running from the agreed leaf to mid (what
+    challenger: "reexecute" answers each round by re-running from the agreed state to mid (what
     peer/market/challenger.py does); "agree-below" agrees with every mid below the claim (the
     solver's own committed values, from which the spot check already re-ran segment bad - 1 ->
-    bad) and re-executes nothing; "none" plays the pure game (no compute at all, referees too).
+    bad) and, over steps, with every step state below the claimed step's (re-executing nothing);
+    "none" plays the pure game (no compute at all, referees too).
     """
     chain = TrustChain()
     job_id = chain.assigned_job("training", challenge_window=100)
     chain.commit(job_id, run.trace.root)
     steps = run.trace.steps
     compute = challenger != "none"
+    solver = SolverStates(run, model)
 
     def recompute(lo: int, hi: int) -> SegmentCheck:
         return check_segment(
             run.spec, model, None, run.state(lo), steps[lo], steps[hi], run.trace.checkpoints[hi][1]
         )
+
+    def state_or_none(step: int) -> bytes | None:
+        return None if step == 0 else solver.at(step)  # the agreed state (strict: bitwise ours)
+
+    def step_hash(step: int) -> str:
+        return state_hash(solver.at(step)) if compute else hashlib.sha256(b"step-%d" % step).hexdigest()
 
     claim_hash = recompute(bad - 1, bad).recomputed_hash if compute else "00" * 32
     dispute_id = dispute_id_for(job_id)
@@ -201,17 +237,22 @@ def play(run: Run, model: Model, bad: int, challenger: str) -> Game:
     while (d := chain.dispute(job_id)).phase in ("reveal", "bisect", "respond"):
         t = time.perf_counter()
         if d.phase == "respond":
-            if challenger == "reexecute":
+            if challenger == "reexecute" and d.stepwise:
+                start_state = state_or_none(d.lo_step)
+                agree = check_segment(
+                    run.spec, model, None, start_state, d.lo_step, d.mid_step, d.mid_hash
+                ).ok
+            elif challenger == "reexecute":
                 agree = recompute(d.lo, d.mid).recomputed_hash == d.mid_hash
             else:
-                agree = d.mid < bad
+                agree = d.mid_step < steps[bad]
             timers["challenger"] += time.perf_counter() - t
             chain.ok(CHALLENGER, "dispute_respond", {"dispute_id": dispute_id, "agree": agree})
         else:
-            body = next_move(dispute_id, d, leaf)
+            body = next_move(dispute_id, d, leaf, step_hash)
             timers["solver"] += time.perf_counter() - t
             chain.ok(SOLVER, "dispute_bisect", body)
-    narrowed = (d.lo, d.hi)
+    narrowed = (d.lo_step, d.hi_step)
     chain.block()  # the committee draw at end_block of the due height
     d = chain.dispute(job_id)
     assert d.phase == "referee", d.phase
@@ -220,7 +261,9 @@ def play(run: Run, model: Model, bad: int, challenger: str) -> Game:
         t = time.perf_counter()
         honest = (
             compute
-            and check_segment(run.spec, model, None, run.state(d.lo), steps[d.lo], steps[d.hi], d.hi_hash).ok
+            and check_segment(
+                run.spec, model, None, state_or_none(d.lo_step), d.lo_step, d.hi_step, d.hi_hash
+            ).ok
         )
         timers["referee"] += time.perf_counter() - t
         body = {"dispute_id": dispute_id, "honest": "solver" if honest else "challenger"}
@@ -235,6 +278,7 @@ def play(run: Run, model: Model, bad: int, challenger: str) -> Game:
         timers["referee"],
         d.outcome,
         narrowed,
+        narrowed[1] - narrowed[0],
     )
 
 
@@ -289,22 +333,26 @@ def main() -> None:
                     f"  every={run.every:>4}  k={k}  detect {rate_hit:6.1%}"
                     f"  total steps re-executed {share:6.1%}"
                 )
-        print("\n# dispute rounds, pure ledger game over the real traces (claim at leaf 1, middle, last)")
+        print(
+            "\n# dispute rounds, pure ledger game over the real traces, down to one training step"
+            " (claim at leaf 1, middle, last); bound = ceil(log2 leaves-1) + ceil(log2 every)"
+        )
         for run in runs:
             n = run.n_leaves
             rounds = [play(run, model, bad, "none") for bad in (1, n // 2, n - 1)]
             cells = "  ".join(
-                f"claim {b:>4}: {g.rounds:>2} rounds {g.blocks:>2} blocks"
+                f"claim {b:>4}: {g.rounds:>2} rounds {g.blocks:>2} blocks {g.referee_steps} step"
                 for b, g in zip((1, n // 2, n - 1), rounds, strict=True)
             )
-            print(f"  every={run.every:>4}  leaves={n:>5}  {cells}")
+            bound = round_bound(args.steps, run.every)
+            print(f"  every={run.every:>4}  leaves={n:>5}  bound={bound:>2}  {cells}")
         print(
             "\n# disputes with real re-execution (claim = first / last faked leaf);"
             " blocks = dispute_open to verdict"
         )
         print(
             "  every  leaves  claim  challenger    rounds  blocks  outcome     challenger_s  solver_s"
-            "  referee_s(3)  compute_s" + "".join(f"  @{b:g}s/block" for b in BLOCK_TIMES_S)
+            "  referee_s(3)  ref_steps  compute_s" + "".join(f"  @{b:g}s/block" for b in BLOCK_TIMES_S)
         )
         for run, who in itertools.product(runs, ("reexecute", "agree-below")):
             for bad in sorted({run.faked[0] + 1, run.faked[-1] + 1}):  # the first and last faked leaf
@@ -314,7 +362,8 @@ def main() -> None:
                 print(
                     f"  {run.every:>5}  {run.n_leaves:>6}  {bad:>5}  {who:<12}  {g.rounds:>6}"
                     f"  {g.blocks:>6}  {g.outcome:<10}  {g.challenger_s:12.2f}  {g.solver_s:8.3f}"
-                    f"  {g.referee_s:12.3f}  {total:9.2f}{chain_s}  narrowed to {g.narrowed}"
+                    f"  {g.referee_s:12.3f}  {g.referee_steps:>9}  {total:9.2f}{chain_s}"
+                    f"  narrowed to steps {g.narrowed}"
                 )
 
 

@@ -17,22 +17,34 @@ T = params.dispute_step_blocks; a move in the block of its deadline still counts
    ("claim_agrees"). Otherwise hi = the claim index; training: lo = 0 (the spec's initial
    state, step 0), phase "bisect"; inference: lo = hi - 1 and straight to "draw" (batches are
    independent: the unit is batch hi itself).
-3. bisect (solver): dispute_bisect {dispute_id, mid = (lo + hi) // 2, step, hash, n_leaves,
-   proof}: a proven leaf with lo_step < step < hi_step; phase "respond", due H + T.
+3. bisect over leaves (solver): dispute_bisect {dispute_id, mid = (lo + hi) // 2, step, hash,
+   n_leaves, proof}: a proven leaf with lo_step < step < hi_step; phase "respond", due H + T.
    respond (challenger): dispute_respond {dispute_id, agree}: agree -> lo = mid, else hi = mid;
-   one round done. When hi == lo + 1: phase "draw", due H + 1; else "bisect", due H + T.
-   Only the solver bisects, because only its values can be checked against a commitment; a
-   challenger that answers against its own trace only narrows the game onto a step where it
-   is wrong. Rounds <= ceil(log2(claim index)).
-4. draw (end_block of the due height, so with entropy the parties could not know): a committee
+   one round done. Only the solver bisects, because only its values can be checked against a
+   commitment; a challenger that answers against its own trace only narrows the game onto a
+   step where it is wrong.
+4. bisect over steps: when a training game reaches hi == lo + 1 with hi_step > lo_step + 1 (a
+   checkpoint interval of several steps), it does not go to the draw: `stepwise` is set and
+   the game bisects the training steps of (lo_step, hi_step] the same way. The solver's
+   dispute_bisect names mid = step = (lo_step + hi_step) // 2 and the hash of its full
+   training state at that step, with n_leaves unchanged and an empty proof (the trace commits
+   only checkpoints; the hash binds the solver within the game, and it must serve that state).
+   respond: agree -> lo_step, lo_hash = the mid's, else hi_step, hi_hash = the mid's; lo and hi
+   stay. The game leaves the bisection when one unit is left: hi == lo + 1 and
+   hi_step == lo_step + 1 (always so for inference): phase "draw", due H + 1; else "bisect",
+   due H + T.
+   Rounds: at most ceil(log2(claim index)) over leaves plus ceil(log2(hi_step - lo_step)) over
+   the steps of the last interval (`max_rounds`); for a job of S steps checkpointed every E
+   that is <= ceil(log2(ceil(S / E))) + ceil(log2(E)) <= ceil(log2(S)) + 1 (`round_bound`).
+5. draw (end_block of the due height, so with entropy the parties could not know): a committee
    of up to dispute_committee_size validators of the active set, drawn by voting power without
    replacement (`ledger.randomness.weighted_draw`), excluding the solver, challenger and
    submitter; phase "referee", due H + dispute_referee_blocks. No one to draw: "no_fault".
-5. referee: each member posts dispute_verdict {dispute_id, honest}: whether one execution of
-   unit hi from leaf lo (training: from the spec's initial state when lo == 0) gives the solver's
-   hash at hi. The game ends when every member has voted, or at the deadline: a side backed by
-   more than half of the committee's weight wins; otherwise (split, silent or partly silent
-   committee) the outcome is "no_fault".
+6. referee: each member posts dispute_verdict {dispute_id, honest}: whether one execution of
+   the last unit gives the solver's hash: training step hi_step from the state at lo_step
+   (lo_hash; the spec's initial state at step 0), inference batch hi. The game ends when every
+   member has voted, or at the deadline: a side backed by more than half of the committee's
+   weight wins; otherwise (split, silent or partly silent committee) the outcome is "no_fault".
 Timeouts: a silent solver (reveal / bisect) loses; a silent challenger (respond) loses.
 
 Settlement (W = dispute_jackpot_bps, C = dispute_committee_reward_bps; C is taken only when a
@@ -54,7 +66,6 @@ validator reputation (EMA step reputation_referee_bps towards 0).
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import fields, replace
 from typing import Any
 
@@ -89,9 +100,23 @@ def dispute_id_for(job_id: str) -> str:
     return hashlib.sha256(DISPUTE_DOMAIN + bytes.fromhex(job_id)).hexdigest()
 
 
-def max_rounds(claim_index: int) -> int:
-    """Most bisect/respond rounds a training game over claim index `claim_index` can take."""
-    return math.ceil(math.log2(claim_index)) if claim_index > 1 else 0
+def _log2_ceil(n: int) -> int:
+    """ceil(log2(n)) for n >= 1 (0 for n <= 1), exactly, in integers."""
+    return (n - 1).bit_length() if n > 1 else 0
+
+
+def max_rounds(claim_index: int, interval_steps: int = 1) -> int:
+    """Most bisect/respond rounds of a training game over claim index `claim_index` whose last
+    checkpoint interval spans `interval_steps` steps: the leaf stage plus the step stage."""
+    return _log2_ceil(claim_index) + _log2_ceil(interval_steps)
+
+
+def round_bound(steps: int, checkpoint_every: int) -> int:
+    """Most rounds any training game over a job of `steps` steps checkpointed every
+    `checkpoint_every` can take; always <= ceil(log2(steps)) + 1."""
+    every = max(1, min(checkpoint_every, steps))
+    intervals = -(-steps // every)  # the last interval may be shorter, never longer
+    return max_rounds(intervals, every)
 
 
 def _dispute(j: Journal, dispute_id: str) -> Dispute:
@@ -186,10 +211,28 @@ def _reveal(j: Journal, dispute_id: str, d: Dispute, b: dict[str, Any]) -> None:
 
 
 def _after_round(j: Journal, d: Dispute) -> Dispute:
-    """The next phase once the interval is updated: the draw when one unit is left, else bisect."""
-    if d.hi == d.lo + 1:
+    """The next phase once the interval is updated: the draw when one unit (one training step,
+    one inference batch) is left, else bisect, over steps once one checkpoint interval is left."""
+    if d.hi == d.lo + 1 and d.hi_step == d.lo_step + 1:
         return replace(d, phase="draw", due_height=j.state.height + 1)
+    if d.hi == d.lo + 1:
+        assert d.kind == "training" and d.hi_step > d.lo_step + 1, (d.kind, d.lo_step, d.hi_step)
+        d = replace(d, stepwise=True)
     return replace(d, phase="bisect", due_height=_step_due(j))
+
+
+def _bisect_step(j: Journal, dispute_id: str, d: Dispute, b: dict[str, Any]) -> None:
+    """The solver names its state hash at the middle training step of (lo_step, hi_step]."""
+    want = (d.lo_step + d.hi_step) // 2
+    if b["mid"] != want or b["step"] != want:
+        raise BadBisection(
+            f"the step stage names step {want} of ({d.lo_step}, {d.hi_step}] as mid and step, "
+            f"got mid {b['mid']}, step {b['step']}"
+        )
+    if b["proof"]:
+        raise BadBisection("a step-stage move carries no proof: the trace commits only checkpoints")
+    moved = replace(d, phase="respond", mid_step=want, mid_hash=b["hash"])
+    _put(j, dispute_id, replace(moved, due_height=_step_due(j)))
 
 
 def dispute_bisect(j: Journal, tx: Tx, sender: str) -> None:
@@ -205,6 +248,9 @@ def dispute_bisect(j: Journal, tx: Tx, sender: str) -> None:
         return
     if b["n_leaves"] != d.n_leaves:
         raise BadBisection(f"the trace has {d.n_leaves} leaves (fixed by the reveal), got {b['n_leaves']}")
+    if d.stepwise:
+        _bisect_step(j, dispute_id, d, b)
+        return
     want = (d.lo + d.hi) // 2
     if b["mid"] != want:
         raise BadBisection(f"the midpoint of ({d.lo}, {d.hi}] is {want}, got {b['mid']}")
@@ -222,7 +268,12 @@ def dispute_respond(j: Journal, tx: Tx, sender: str) -> None:
         raise WrongDisputePhase(dispute_id, d.phase, "respond (the challenger's move)")
     if sender != d.challenger:
         raise NotYourMove(dispute_id, d.challenger, sender)
-    if tx.body["agree"]:
+    agree = tx.body["agree"]
+    if d.stepwise and agree:  # over steps the leaf interval stays; only the steps narrow
+        d = replace(d, lo_step=d.mid_step, lo_hash=d.mid_hash)
+    elif d.stepwise:
+        d = replace(d, hi_step=d.mid_step, hi_hash=d.mid_hash)
+    elif agree:
         d = replace(d, lo=d.mid, lo_step=d.mid_step, lo_hash=d.mid_hash)
     else:
         d = replace(d, hi=d.mid, hi_step=d.mid_step, hi_hash=d.mid_hash)
@@ -370,9 +421,24 @@ def dispute(state: State, dispute_id: str) -> dict[str, Any]:
     out["committee"] = [list(c) for c in d.committee]
     out["votes"] = dict(d.votes)
     out["to_move"] = _TO_MOVE.get(d.phase)
-    out["next_mid"] = (d.lo + d.hi) // 2 if d.phase == "bisect" else None
+    out |= next_move_of(d)
     out["held"] = d.held()
     return out
+
+
+def next_move_of(d: Dispute) -> dict[str, Any]:
+    """What the solver must post next: {"stage": "leaves" | "steps", "next_mid", "next_step"}.
+
+    Over leaves next_mid is the leaf to prove (its step is the leaf's, next_step None); over
+    steps both are the training step whose state hash to name. None when it is not a bisect.
+    """
+    stage = "steps" if d.stepwise else "leaves"
+    if d.phase != "bisect":
+        return {"stage": stage, "next_mid": None, "next_step": None}
+    if d.stepwise:
+        step = (d.lo_step + d.hi_step) // 2
+        return {"stage": stage, "next_mid": step, "next_step": step}
+    return {"stage": stage, "next_mid": (d.lo + d.hi) // 2, "next_step": None}
 
 
 def disputes_by(state: State, *, party: str | None = None, active: bool | None = None) -> list[str]:

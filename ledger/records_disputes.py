@@ -44,6 +44,11 @@ class Dispute:
     lo == 0 of a training job: the spec's initial state) and disagreeing on leaf hi. `lo_hash`,
     `hi_hash` and `mid_hash` are the solver's leaf values, each proven against the job's
     trace_root ("" where not proven: lo == 0 / -1 at the start).
+
+    Once a training game is down to one checkpoint interval (hi == lo + 1) wider than one step,
+    it goes on over training steps (`stepwise`): lo and hi stay, the step interval
+    (lo_step, hi_step] narrows, and `mid_step` / `mid_hash` are the solver's full-state hash at
+    a step inside it, bound by the game itself (the trace commits only checkpoints).
     """
 
     job_id: str
@@ -72,6 +77,7 @@ class Dispute:
     outcome: str = ""  # once closed: one of DISPUTE_OUTCOMES
     reason: str = ""  # once closed: "referee", "timeout", "claim_agrees", "claim_out_of_range", ...
     closed_height: int = 0
+    stepwise: bool = False  # the game bisects training steps inside leaf interval (lo, hi]
 
     @property
     def active(self) -> bool:
@@ -177,6 +183,8 @@ def game_problems(state: State) -> list[str]:
         job = state.jobs.get(d.job_id)
         if d.bond < 0 or (d.active and (job is None or job.status != "disputed")):
             problems.append(f"dispute {did}: bond {d.bond}, job status {job.status if job else None}")
+        if d.stepwise and (d.kind != "training" or d.hi != d.lo + 1 or not d.lo_step < d.hi_step):
+            problems.append(f"dispute {did}: a step stage outside one training checkpoint interval")
     live = ("open", "assigned", "committed", "disputed")
     for jid in sorted(state.audits):
         if jid not in state.jobs or state.jobs[jid].status not in live:

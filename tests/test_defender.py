@@ -2,12 +2,15 @@
 
 The market network of tests/market_net.py; the solver runs the "fake-train" test behaviour
 through its real solver code path (the checkpoint store keeps every state), and the test plays
-an honest challenger from an honest local run of the same spec. The defender must reveal and
-bisect with valid proofs until the game narrows to the faked segment.
+an honest challenger from an honest local run of the same spec (checkpointed at every step).
+The defender must reveal and bisect with valid proofs until the game narrows to the faked
+checkpoint interval, then compute, keep and serve its states inside it until the game is down
+to one training step.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,11 +19,14 @@ from compute.datasets import SyntheticClasses
 from compute.executor import run_training
 from compute.jobs import OptimizerSpec, TrainingSpec
 from compute.models import Model
+from compute.train_state import state_hash
 from ledger.disputes import dispute_id_for, max_rounds
 from ledger.jobs import job_id_for
 from ledger.records_disputes import Dispute
+from peer.market import wire
 from peer.market.behaviours import SolverBehaviour
-from peer.market.bundles import training_bundle
+from peer.market.bundles import model_bundle, training_bundle
+from peer.market.checkpoints import CheckpointError, fetch_state
 from peer.market.defender import next_move
 from tests.market_net import GENESIS, MLP, assign, committed, market_net
 from tests.trust_chain import Trace
@@ -46,14 +52,27 @@ def test_next_move_proves_the_leaf_the_phase_asks_for() -> None:
     assert body["proof"] == trace.proof(2)
     with pytest.raises(LookupError):
         next_move("d", bisect, lambda i: None)
+    steps = Dispute(job, "c", "s", "training", 1, 5, "x", "bisect", 9, 1, lo=4, hi=5, lo_step=16, hi_step=20)
+    steps = replace(steps, stepwise=True, n_leaves=9)
+    body = next_move("d", steps, leaf, lambda step: f"{step:064x}")
+    assert (body["mid"], body["step"], body["hash"], body["proof"], body["n_leaves"]) == (
+        18,
+        18,
+        f"{18:064x}",
+        [],
+        9,
+    )
+    with pytest.raises(LookupError):
+        next_move("d", steps, leaf, lambda step: None)
 
 
-async def test_defender_bisects_a_disputed_fake_train_job_down_to_the_faked_segment(tmp_path: Path) -> None:
+async def test_defender_bisects_a_disputed_fake_train_job_down_to_one_step(tmp_path: Path) -> None:
     model = Model.init(MLP, seed=0)
     spec = TrainingSpec(
-        model.hash, SyntheticClasses(1, 96, (16,), 4), OptimizerSpec.sgd("0.1", "0.9"), 16, 16, 11, 1
+        model.hash, SyntheticClasses(1, 96, (16,), 4), OptimizerSpec.sgd("0.1", "0.9"), 16, 16, 11, 4
     )
-    _, honest = run_training(spec, model)
+    _, honest = run_training(replace(spec, checkpoint_every=1), model)
+    truth = dict(honest.checkpoints)  # the honest state hash at every step
     async with market_net(tmp_path) as net:
         submitter, solver, verifier = net["submitter"], net["solver"], net["verifier"]
         await submitter.ledger.send(
@@ -72,19 +91,25 @@ async def test_defender_bisects_a_disputed_fake_train_job_down_to_the_faked_segm
         posted = await submitter.ledger.send("job_post", body)
         job_id = job_id_for(GENESIS.chain_id, submitter.ledger.address, posted["nonce"])
         await assign(net, job_id)
-        behaviour = SolverBehaviour("fake-train", fraction=0.1)
+        spec_blob = await submitter.put_blob(spec.encode())
+        model_blob = await submitter.put_blob(model_bundle(model))
+        note = wire.JobNote(
+            job_id, spec.hash, spec_blob, model.hash, model_blob, "training", 1_000, {},
+            submitter.ledger.address, False,
+        )  # fmt: skip
+        solver.book.add(note, submitter.ledger.address)  # the announcement the defender loads the spec from
+        behaviour = SolverBehaviour("fake-train", fraction=0.25)
         recorder = solver.checkpoints.recorder(job_id)
         weights, trace, faked = behaviour.train(spec, model, None, job_id=job_id, on_checkpoint=recorder)
         solver.checkpoints.seal(job_id, trace)
-        assert len(faked) == 2  # round(16 segments * 0.1)
+        assert len(faked) == 1  # of 4 segments of 4 steps
         _, result = training_bundle(job_id, weights, trace)
         job = await committed(net, job_id, result.commitment())
 
-        bad = next(
-            i for i, (a, b) in enumerate(zip(honest.checkpoints, trace.checkpoints, strict=True)) if a != b
-        )
-        assert bad == faked[0] + 1  # the end leaf of the first faked segment
-        claim = {"index": bad, "hash": honest.checkpoints[bad][1]}
+        bad = next(i for i, (step, digest) in enumerate(trace.checkpoints) if truth[step] != digest)
+        assert bad == faked[0] + 1  # the end leaf of the faked segment
+        bad_step = trace.checkpoints[bad][0]
+        claim = {"index": bad, "hash": truth[bad_step]}
         await verifier.ledger.send("dispute_open", {"job_id": job["job_id"], "bond": 1_000, "claim": claim})
         dispute_id = dispute_id_for(job_id)
 
@@ -92,20 +117,33 @@ async def test_defender_bisects_a_disputed_fake_train_job_down_to_the_faked_segm
             return verifier.ledger.state.disputes[dispute_id]
 
         answered: set[int] = set()
+        served = 0
         while game().phase in ("reveal", "bisect", "respond"):  # the defender moves; we answer honestly
             await wait_until(lambda: game().phase not in ("reveal", "bisect"), timeout=45)
             d = game()
             if d.phase == "respond" and d.rounds not in answered:
                 answered.add(d.rounds)
-                agree = honest.checkpoints[d.mid][1] == d.mid_hash
+                if d.stepwise:  # the solver serves the state it posted, and no other
+                    state = await fetch_state(
+                        verifier, job, d.mid_step, d.mid_hash, [solver.identity.peer_id]
+                    )
+                    assert state_hash(state) == d.mid_hash == truth[d.mid_step]
+                    with pytest.raises(CheckpointError):
+                        await fetch_state(
+                            verifier, job, d.mid_step + 1, truth[d.mid_step + 1], [solver.identity.peer_id]
+                        )
+                    served += 1
+                agree = truth[d.mid_step] == d.mid_hash
                 await verifier.ledger.send("dispute_respond", {"dispute_id": dispute_id, "agree": agree})
                 await wait_until(lambda n=d.rounds: game().rounds > n, timeout=45)
         d = game()
-        assert (d.lo, d.hi) == (bad - 1, bad)  # narrowed to the faked segment
-        assert d.rounds == len(answered) <= max_rounds(bad)
+        assert d.stepwise and (d.lo, d.hi) == (bad - 1, bad)  # the faked segment, then its last step
+        assert (d.lo_step, d.hi_step) == (bad_step - 1, bad_step) and served == 2
+        assert d.rounds == len(answered) <= max_rounds(bad, 4)
         assert d.n_leaves == len(trace.checkpoints)
         moves = solver.defender.moves
-        assert moves[0].phase == "reveal" and moves[0].mid == bad
-        assert [m.phase for m in moves[1:]] == ["bisect"] * d.rounds and not any(m.error for m in moves)
+        assert moves[0].phase == "reveal" and moves[0].mid == bad and not any(m.error for m in moves)
+        assert [m.phase for m in moves[1:]] == ["bisect"] * d.rounds
+        assert [m.mid for m in moves if m.stepwise] == [bad_step - 2, bad_step - 1]
         await wait_until(lambda: game().phase == "closed", timeout=45)
         assert game().reason == "no_committee"  # the only validator is the solver itself

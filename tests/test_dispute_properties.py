@@ -1,8 +1,10 @@
 """Property tests of the dispute game.
 
-1. Bisection finds the first divergence: for any trace length n in 2..4096, any first divergent
-   checkpoint d of a cheating solver and any claimed index c >= d, honest play from the true
-   traces ends with the referee interval exactly (d - 1, d], in at most ceil(log2(c)) rounds.
+1. Bisection finds the first divergent step: for any number of steps, any checkpoint_every,
+   any first divergent training step d of a cheating solver and any claimed leaf at or after
+   the first bad checkpoint, honest play ends on exactly the one step (d - 1, d], over leaves
+   then over steps, in at most ceil(log2(steps)) + 1 rounds. A lying challenger (agreeing or
+   disagreeing with everything) still ends the game on one step, where the solver is right.
 2. Supply is conserved through random games: random kinds, lengths, liars, silences and
    committee votes, with the ledger invariants (minted == supply + burned among them) checked
    after every block; every game closes, releases every bond it held and settles its job.
@@ -16,11 +18,14 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ledger.disputes import dispute_id_for, max_rounds
+from compute.trace import checkpoint_steps
+from ledger.disputes import dispute_id_for, max_rounds, round_bound
 from ledger.jobs import job
 from ledger.records_disputes import Dispute
 from ledger.state import FINAL_STATUSES
-from tests.trust_chain import CHALLENGER, SOLVER, A, Trace, TrustChain, challenger_answer, solver_move
+from tests import step_game
+from tests.step_game import Run
+from tests.trust_chain import CHALLENGER, SOLVER, A, Trace, TrustChain, challenger_answer, h, solver_move
 
 BASE = TrustChain()
 BASE_JOB = BASE.assigned_job()
@@ -30,40 +35,64 @@ BASE_STATE_2 = BASE.state  # both jobs assigned, neither committed
 
 
 @st.composite
-def divergences(draw: st.DrawFn) -> tuple[int, int, int]:
-    n = draw(st.integers(2, 4096))
-    d = draw(st.integers(1, n - 1))
-    c = draw(st.integers(d, n - 1))
-    return n, d, c
+def divergences(draw: st.DrawFn) -> tuple[int, int, int, int]:
+    """(steps, checkpoint_every, first divergent step d, claimed leaf >= the first bad one)."""
+    steps = draw(st.integers(1, 5000))
+    every = draw(st.integers(1, steps) | st.sampled_from([1, 2, steps]))
+    d = draw(st.integers(1, steps))
+    first_bad = Run(steps, every).first_leaf_at_or_after(d)
+    c = draw(st.integers(first_bad, len(checkpoint_steps(steps, every)) - 1))
+    return steps, every, d, c
+
+
+def play_game(job_id: str, solver: Run, challenger: Run | str, claim: dict[str, object]) -> Dispute:
+    """Open a dispute with `claim` and play until the bisection is over (solver from its own run)."""
+    chain = BASE
+    chain.state = BASE_STATE
+    chain.commit(job_id, solver.root)
+    chain.ok(CHALLENGER, "dispute_open", {"job_id": job_id, "bond": 1_000, "claim": claim})
+    game = chain.dispute(job_id)
+    while game.phase in ("reveal", "bisect", "respond"):
+        if game.phase == "respond":
+            chain.ok(CHALLENGER, "dispute_respond", step_game.challenger_answer(game, challenger))
+        else:
+            chain.ok(SOLVER, "dispute_bisect", step_game.solver_move(game, solver))
+        game = chain.dispute(job_id)
+    return game
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(divergences())
+@example((1, 1, 1, 1))
+@example((2, 2, 1, 1))
+@example((4096, 1, 1, 4096))
+@example((4096, 4096, 4096, 1))
+@example((5000, 7, 2500, 714))
+@example((5000, 64, 4999, 79))
+def test_honest_bisection_ends_on_the_first_divergent_step(case: tuple[int, int, int, int]):
+    steps, every, d, c = case
+    truth, cheat = Run(steps, every), Run(steps, every, diverge=d)
+    game = play_game(BASE_JOB, cheat, truth, {"index": c, "hash": truth.hash_at(c)})
+    assert (game.phase, game.lo_step, game.hi_step) == ("draw", d - 1, d)
+    assert game.hi_hash == cheat.state_at(d) and game.lo_hash in ("", truth.state_at(d - 1))
+    # over steps exactly when the bad checkpoint interval is wider than one step
+    assert game.hi == game.lo + 1
+    assert game.stepwise == (cheat.checkpoints[game.hi] - cheat.checkpoints[game.lo] > 1)
+    assert game.rounds <= round_bound(steps, every) <= math.ceil(math.log2(steps)) + 1
+    assert game.rounds <= max_rounds(c, every)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(divergences())
-@example((2, 1, 1))
-@example((4096, 1, 4095))
-@example((4096, 4095, 4095))
-@example((4096, 2049, 4095))
-def test_honest_bisection_ends_on_the_first_divergent_step(case: tuple[int, int, int]):
-    n, d, c = case
-    chain = BASE
-    chain.state = BASE_STATE
-    truth, cheat = Trace(n, every=3), Trace(n, diverge=d, every=3)
-    chain.commit(BASE_JOB, cheat.root)
-    chain.ok(
-        CHALLENGER,
-        "dispute_open",
-        {"job_id": BASE_JOB, "bond": 1_000, "claim": {"index": c, "hash": truth.hash_at(c)}},
-    )
-    game = chain.dispute(BASE_JOB)
-    while game.phase in ("reveal", "bisect", "respond"):
-        if game.phase == "respond":
-            chain.ok(CHALLENGER, "dispute_respond", challenger_answer(game, truth))
-        else:
-            chain.ok(SOLVER, "dispute_bisect", solver_move(game, cheat))
-        game = chain.dispute(BASE_JOB)
-    assert (game.phase, game.lo, game.hi) == ("draw", d - 1, d)
-    assert game.hi_hash == cheat.hash_at(d) and game.lo_hash in ("", truth.hash_at(d - 1))
-    assert game.rounds <= max_rounds(c) <= math.ceil(math.log2(n))
+@given(divergences(), st.sampled_from(["agree", "disagree"]))
+def test_a_lying_challenger_still_ends_on_one_step(case: tuple[int, int, int, int], lie: str):
+    steps, every, _, c = case
+    honest = Run(steps, every)
+    game = play_game(BASE_JOB, honest, lie, {"index": c, "hash": h("a lie")})
+    assert game.phase == "draw" and game.hi_step == game.lo_step + 1
+    claimed_step = honest.checkpoints[c]
+    assert game.hi_step == (claimed_step if lie == "agree" else 1)
+    assert game.hi_hash == honest.state_at(game.hi_step)  # the committee will find the solver right
+    assert game.rounds <= round_bound(steps, every) <= math.ceil(math.log2(steps)) + 1
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
@@ -13,13 +13,17 @@ from compute.trace import CheckpointTrace, merkle_proof, merkle_root
 from compute.trace import leaf_hash as compute_leaf_hash
 from ledger import errors
 from ledger.apply import begin_block
-from ledger.disputes import dispute, dispute_id_for, disputes_by, max_rounds
+from ledger.disputes import dispute, dispute_id_for, disputes_by, max_rounds, round_bound
 from ledger.jobs import job
 from ledger.merkle import leaf_hash, proof_of, root_of, tree_levels, verify_leaf
 from ledger.payout import ema, share
 from ledger.randomness import next_entropy, weighted_draw
+from ledger.records_disputes import DECODERS as GAME_DECODERS
 from ledger.records_disputes import Dispute
 from ledger.state import app_hash, check_invariants, decode_state, encode_state
+from ledger.tx import check_body
+from tests import step_game
+from tests.step_game import Run
 from tests.trust_chain import (
     BOUNTY,
     CHALLENGER,
@@ -44,23 +48,30 @@ BOND = 1_000
 INDEX = {a: i for i, a in enumerate(A)}
 
 
-def open_game(c: TrustChain, job_id: str, claimed: Trace, index: int, bond: int = BOND) -> Dispute:
+def open_game(c: TrustChain, job_id: str, claimed: Trace | Run, index: int, bond: int = BOND) -> Dispute:
     claim = {"index": index, "hash": claimed.hash_at(index)}
     c.ok(CHALLENGER, "dispute_open", {"job_id": job_id, "bond": bond, "claim": claim})
     return c.dispute(job_id)
 
 
-def bisect_to_end(c: TrustChain, job_id: str, solver: Trace, challenger: Trace) -> Dispute:
+def play(c: TrustChain, d: Dispute, solver: Trace | Run, challenger: Trace | Run) -> None:
+    """One honest move of the party to move, from its own trace (a `Run` also plays over steps)."""
+    if d.phase == "respond":
+        answer = step_game.challenger_answer if isinstance(challenger, Run) else challenger_answer
+        c.ok(CHALLENGER, "dispute_respond", answer(d, challenger))  # type: ignore[arg-type]
+    else:
+        move = step_game.solver_move if isinstance(solver, Run) else solver_move
+        c.ok(SOLVER, "dispute_bisect", move(d, solver))  # type: ignore[arg-type]
+
+
+def bisect_to_end(c: TrustChain, job_id: str, solver: Trace | Run, challenger: Trace | Run) -> Dispute:
     """Both parties play honestly from their own traces until the game leaves the bisection."""
     d = c.dispute(job_id)
     moves = 0
     while d.phase in ("reveal", "bisect", "respond"):
-        if d.phase == "respond":
-            c.ok(CHALLENGER, "dispute_respond", challenger_answer(d, challenger))
-        else:
-            c.ok(SOLVER, "dispute_bisect", solver_move(d, solver))
+        play(c, d, solver, challenger)
         d, moves = c.dispute(job_id), moves + 1
-    assert moves <= 2 * max_rounds(max(d.claim_index, 1)) + 1
+    assert moves <= 2 * max_rounds(max(d.claim_index, 1), getattr(solver, "every", 1)) + 1
     return d
 
 
@@ -87,18 +98,16 @@ def committee_pay(pot: int, members: list[tuple[str, int]]) -> dict[str, int]:
 
 def test_challenger_right_solver_slashed_payout_reversed_jackpot_paid():
     c = TrustChain()
-    truth, cheat = Trace(16, every=5), Trace(16, diverge=5, every=5)
-    job_id = c.committed_job(cheat)
+    truth, cheat = Run(75, 5), Run(75, 5, diverge=23)  # 16 checkpoints; leaf 5 (step 25) is wrong
+    job_id = c.committed_job(cheat)  # type: ignore[arg-type]
     burned = c.state.burned
     open_game(c, job_id, truth, 15)
     assert job(c.state, job_id)["status"] == "disputed" and c.bal(CHALLENGER) == START - 100 - BOND
     d = bisect_to_end(c, job_id, cheat, truth)
-    assert (d.lo, d.hi, d.phase) == (4, 5, "draw")
-    assert (d.lo_hash, d.hi_hash) == (truth.hash_at(4), cheat.hash_at(5)) and (d.lo_step, d.hi_step) == (
-        20,
-        25,
-    )
-    assert d.rounds <= max_rounds(15) == 4
+    assert (d.lo, d.hi, d.phase, d.stepwise) == (4, 5, "draw", True)  # then over steps (20, 25]
+    assert (d.lo_step, d.hi_step) == (22, 23)
+    assert (d.lo_hash, d.hi_hash) == (truth.state_at(22), cheat.state_at(23))
+    assert d.rounds <= max_rounds(15, 5) == 4 + 3
     d = draw(c, job_id)
     validator_balances = {m: c.bal(INDEX[m]) for m, _ in d.committee}
     for member, _ in d.committee:
@@ -203,15 +212,12 @@ def test_inference_claim_on_batch_zero():
 
 
 def play_until(
-    c: TrustChain, job_id: str, solver: Trace, challenger: Trace, stop_phase: str, moves: int
+    c: TrustChain, job_id: str, solver: Trace | Run, challenger: Trace | Run, stop_phase: str, moves: int
 ) -> Dispute:
     """Play honestly, making `moves` moves, then stop when the game reaches `stop_phase`."""
     d = c.dispute(job_id)
     while not (moves <= 0 and d.phase == stop_phase):
-        if d.phase == "respond":
-            c.ok(CHALLENGER, "dispute_respond", challenger_answer(d, challenger))
-        else:
-            c.ok(SOLVER, "dispute_bisect", solver_move(d, solver))
+        play(c, d, solver, challenger)
         d, moves = c.dispute(job_id), moves - 1
     return d
 
@@ -247,6 +253,83 @@ def test_silent_party_loses_by_timeout(silent_phase: str, moves: int, winner: st
         assert c.bal(CHALLENGER) == START - 100 - BOND and c.state.burned == burned + BOND - share(
             BOND, 3_000
         )
+
+
+@pytest.mark.parametrize(("silent_phase", "winner"), [("bisect", "challenger"), ("respond", "solver")])
+def test_silent_party_loses_in_the_step_stage(silent_phase: str, winner: str):
+    c = TrustChain()
+    truth, cheat = Run(64, 16), Run(64, 16, diverge=37)
+    job_id = c.committed_job(cheat)  # type: ignore[arg-type]
+    open_game(c, job_id, truth, truth.n - 1)
+    d = c.dispute(job_id)
+    while not (d.stepwise and d.phase == silent_phase and d.hi_step - d.lo_step < 16):
+        play(c, d, cheat, truth)
+        d = c.dispute(job_id)
+    c.skip_to(d.due_height - 1)
+    assert c.dispute(job_id).phase == silent_phase
+    c.block()
+    d = c.dispute(job_id)
+    assert (d.outcome, d.reason, d.committee) == (winner, "timeout", ())
+    assert job(c.state, job_id)["status"] == ("reversed" if winner == "challenger" else "finalized")
+
+
+def test_step_stage_moves_are_validated():
+    c = TrustChain(replace(PARAMS, dispute_step_blocks=20))
+    truth, cheat = Run(40, 10), Run(40, 10, diverge=13)
+    job_id = c.committed_job(cheat)  # type: ignore[arg-type]
+    open_game(c, job_id, truth, 4)
+    did = dispute_id_for(job_id)
+    d = c.dispute(job_id)
+    while not d.stepwise:
+        play(c, d, cheat, truth)
+        d = c.dispute(job_id)
+    assert (d.phase, d.lo, d.hi, d.lo_step, d.hi_step) == ("bisect", 1, 2, 10, 20)
+    query = dispute(c.state, did)
+    assert (query["stage"], query["next_mid"], query["next_step"], query["to_move"]) == (
+        "steps",
+        15,
+        15,
+        "solver",
+    )
+    move = step_game.solver_move(d, cheat)
+    assert (move["mid"], move["step"], move["proof"], move["n_leaves"]) == (15, 15, [], 5)
+    for bad in (
+        {"mid": 14, "step": 14},  # not the midpoint
+        {"mid": 15, "step": 16},  # mid and step must both name it
+        {"mid": 1},  # a leaf index is no step
+        {"proof": cheat.proof(1)},  # nothing to prove against in the step stage
+        {"n_leaves": 6},
+        {"mid": 25, "step": 25},  # outside the interval
+    ):
+        assert c.run(SOLVER, "dispute_bisect", move | bad).code == errors.BadBisection.code, bad
+    with pytest.raises(errors.InvalidTx):
+        check_body("dispute_bisect", move | {"hash": "XYZ"})
+    assert c.run(CHALLENGER, "dispute_bisect", move).code == errors.NotYourMove.code
+    assert c.run(CHALLENGER, "dispute_respond", {"dispute_id": did, "agree": True}).code == (
+        errors.WrongDisputePhase.code
+    )
+    c.ok(SOLVER, "dispute_bisect", move)
+    d = c.dispute(job_id)
+    assert (d.phase, d.mid_step, d.mid_hash, d.lo, d.hi) == ("respond", 15, cheat.state_at(15), 1, 2)
+    assert dispute(c.state, did)["next_mid"] is None
+    assert c.run(SOLVER, "dispute_bisect", move).code == errors.WrongDisputePhase.code
+    assert (
+        c.run(SOLVER, "dispute_respond", {"dispute_id": did, "agree": False}).code == errors.NotYourMove.code
+    )
+    c.ok(CHALLENGER, "dispute_respond", {"dispute_id": did, "agree": False})  # step 15 is wrong (13 on)
+    d = c.dispute(job_id)
+    assert (d.phase, d.lo_step, d.hi_step, d.hi_hash, d.lo, d.hi) == (
+        "bisect",
+        10,
+        15,
+        cheat.state_at(15),
+        1,
+        2,
+    )
+    d = bisect_to_end(c, job_id, cheat, truth)
+    assert (d.phase, d.lo_step, d.hi_step) == ("draw", 12, 13)
+    assert (d.lo_hash, d.hi_hash) == (truth.state_at(12), cheat.state_at(13))
+    assert d.rounds <= max_rounds(4, 10) == 2 + 4
 
 
 def referee_game(c: TrustChain) -> tuple[str, Dispute]:
@@ -437,6 +520,24 @@ def test_moves_out_of_turn_and_malformed_moves_are_rejected():
     )
 
 
+def test_step_level_rounds_stay_within_one_of_log2_steps():
+    for steps, every, diverge in [
+        (2, 2, 1),
+        (2, 2, 2),
+        (100, 7, 50),
+        (1000, 64, 999),
+        (1000, 1000, 1),
+        (4096, 4096, 4096),
+    ]:
+        c = TrustChain()
+        truth, cheat = Run(steps, every), Run(steps, every, diverge=diverge)
+        job_id = c.committed_job(cheat)  # type: ignore[arg-type]
+        open_game(c, job_id, truth, truth.n - 1)
+        d = bisect_to_end(c, job_id, cheat, truth)
+        assert (d.phase, d.lo_step, d.hi_step) == ("draw", diverge - 1, diverge)
+        assert d.rounds <= round_bound(steps, every) <= math.ceil(math.log2(steps)) + 1, (steps, every)
+
+
 def test_rounds_are_logarithmic():
     for n, diverge in [(2, 1), (3, 2), (17, 16), (100, 1), (1000, 999), (4096, 2048)]:
         c = TrustChain()
@@ -466,6 +567,27 @@ def test_ledger_merkle_matches_compute_trace():
             assert verify_leaf(trace.root, s, x, i, n, trace.proof(i))
             assert not verify_leaf(trace.root, s, x, i, n + 1, trace.proof(i))
             assert not verify_leaf(trace.root, s + 1, x, i, n, trace.proof(i))
+
+
+def test_a_step_stage_game_round_trips_and_old_records_decode():
+    c = TrustChain()
+    truth, cheat = Run(40, 10), Run(40, 10, diverge=13)
+    job_id = c.committed_job(cheat)  # type: ignore[arg-type]
+    open_game(c, job_id, truth, 4)
+    d = c.dispute(job_id)
+    while not d.stepwise:
+        play(c, d, cheat, truth)
+        d = c.dispute(job_id)
+    again = decode_state(encode_state(c.state))
+    assert again == c.state and app_hash(again) == app_hash(c.state)
+    assert again.disputes[dispute_id_for(job_id)].stepwise
+    row = [getattr(d, f.name) for f in fields(d)]
+    assert row[-1] is True  # stepwise is the last field: a row written before it decodes with False
+    assert GAME_DECODERS["disputes"](row[:-1]) == replace(d, stepwise=False)
+    broken = c.state.copy()
+    broken.disputes[dispute_id_for(job_id)] = replace(d, hi=d.lo + 2)
+    with pytest.raises(AssertionError, match="step stage"):
+        check_invariants(broken)
 
 
 def test_state_with_games_round_trips_and_invariants_catch_corruption():

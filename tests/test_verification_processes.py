@@ -354,9 +354,10 @@ def test_cheats_are_caught_slashed_and_honest_work_is_paid(net: Net) -> None:
             "referee",
             net.id(VERIFIER),
         )
-        if view["kind"] == "training":  # the bisection narrowed the trace to the one faked segment
+        if view["kind"] == "training":  # narrowed to the one faked segment, then to one step of it
             assert (dispute["lo"] + 1, dispute["hi"]) == (dispute["claim_index"],) * 2
-            assert dispute["rounds"] >= (1 if dispute["claim_index"] > 1 else 0)
+            assert dispute["stepwise"] and dispute["hi_step"] == dispute["lo_step"] + 1
+            assert dispute["rounds"] >= 2  # checkpoint intervals of 4 and 5 steps: at least 2 step rounds
         bond = view["bond"]
         jackpot = share(bond, jackpot_bps)
         pot = share(bond, jackpot_bps + committee_bps) - jackpot

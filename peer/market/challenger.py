@@ -7,6 +7,9 @@ Also home of what every re-executing agent (verifier, challenger, referee) share
 - `check_segment_from` / `check_unit`: re-execute one training segment from a proven
   checkpoint state (fetched from the solver, peer/market/checkpoints.py; the spec's initial
   state at leaf 0) or one inference batch, on the compute Executor.
+- `check_steps`: the same over the steps of a step-level game: re-execute from the state the
+  game agreed on at lo_step (its hash is on the ledger; fetched from the solver or the
+  challenger, or kept here) up to a step, and judge the solver's posted hash there.
 
 Leaves are those of the job's trace (ledger/disputes.py): checkpoint i of a training run
 (step, state hash), batch i of an inference run. A training claim names index >= 1.
@@ -15,8 +18,13 @@ The game (ledger/disputes.py): `open` posts dispute_open with the claim (the fir
 and the hash this peer recomputed there) and a bond of dispute_min_bond. The solver then
 reveals and bisects; in every "respond" phase the challenger re-executes from the agreed lower
 leaf up to the solver's midpoint and answers agree (the midpoint's hash is what it gets) or
-disagree. The actor (`run`) scans every committed state for the disputes where this peer is
-the challenger and must respond, so a restarted peer picks up its games again.
+disagree. Once the game bisects over steps (one checkpoint interval left) it re-executes from
+the agreed state at lo_step up to the solver's mid_step the same way (strict: bitwise by hash;
+tolerant: against the solver's state there, fetched, within the spec's tolerance). A state it
+agrees with is kept (a blob indexed with `CheckpointStore.keep_state`) and served, so the
+committee can fetch the agreed lower state from either party. The actor (`run`) scans every
+committed state for the disputes where this peer is the challenger and must respond, so a
+restarted peer picks up its games again.
 
 Error handling: a round that cannot be answered (no checkpoint served, compute error) is
 logged and retried on the next state until the deadline; the ledger rules a silent
@@ -42,7 +50,7 @@ from ledger.disputes import dispute_id_for, disputes_by
 from ledger.records_disputes import Dispute
 from ledger.state import State
 from peer.market.bundles import Result, check_result
-from peer.market.checkpoints import CheckpointError, fetch_checkpoint
+from peer.market.checkpoints import CheckpointError, fetch_checkpoint, fetch_state
 from peer.market.errors import MarketError, Unavailable
 from peer.market.inputs import fetch_input
 
@@ -145,6 +153,48 @@ async def check_segment_from(
     )
 
 
+async def check_steps(
+    market: MarketService,
+    m: Material,
+    lo_step: int,
+    lo_hash: str,
+    hi_step: int,
+    claimed_hash: str,
+    holders: list[str],
+) -> tuple[SegmentCheck, bytes | None]:
+    """Re-execute training steps lo_step..hi_step from the state whose hash the game agreed on at
+    lo_step (`lo_hash`; "" at step 0: the spec's initial state) and judge `claimed_hash` at
+    hi_step. Returns the check and the solver's state at hi_step when it was fetched (tolerant).
+
+    Raises CheckpointError when no holder serves the state at lo_step, BadCheckpoint when the
+    solver serves one that is not the state it posted.
+    """
+    assert isinstance(m.spec, TrainingSpec)
+    if not 0 <= lo_step < hi_step <= m.spec.steps:
+        why = f"steps ({lo_step}, {hi_step}] are not inside the spec's {m.spec.steps} steps"
+        return SegmentCheck(lo_step, hi_step, claimed_hash, "", False, why), None
+    start = None if not lo_hash else await fetch_state(market, m.job, lo_step, lo_hash, holders)
+    claimed_state = None
+    if m.spec.mode == "tolerant":
+        try:
+            claimed_state = await fetch_state(market, m.job, hi_step, claimed_hash, [m.job["solver"]])
+        except CheckpointError as e:
+            log.info("no claimed state for a tolerant check", job=m.job_id[:16], step=hi_step, error=str(e))
+    check = await on_executor(
+        market,
+        check_segment,
+        m.spec,
+        m.model,
+        m.private,
+        start,
+        lo_step,
+        hi_step,
+        claimed_hash,
+        claimed_state,
+    )
+    return check, claimed_state
+
+
 async def check_unit(
     market: MarketService, m: Material, lo: int, hi: int, claimed_hash: str
 ) -> tuple[bool, str]:
@@ -212,15 +262,41 @@ class Challenger:
                 assert job is not None
                 m = await gather(self.market, job)
                 self.keep(m)
-            check = await check_segment_from(self.market, m, d.lo, d.mid, d.mid_hash)
+            claimed: bytes | None = None
+            if d.stepwise:
+                holders = [d.solver, d.challenger]
+                check, claimed = await check_steps(
+                    self.market, m, d.lo_step, d.lo_hash, d.mid_step, d.mid_hash, holders
+                )
+            else:
+                check = await check_segment_from(self.market, m, d.lo, d.mid, d.mid_hash)
+            if check.ok:
+                await self._keep_agreed(d, check, claimed)
             body = {"dispute_id": dispute_id, "agree": check.ok}
             await self.market.ledger.send("dispute_respond", body)
             self.answered[dispute_id] = d.rounds
-            log.info("dispute round answered", dispute=dispute_id[:16], lo=d.lo, mid=d.mid, agree=check.ok)
+            log.info(
+                "dispute round answered",
+                dispute=dispute_id[:16],
+                lo_step=d.lo_step,
+                mid_step=d.mid_step,
+                steps=d.stepwise,
+                agree=check.ok,
+            )
         except (MarketError, ComputeError, BlobError, OSError) as e:
             log.warning("cannot answer a dispute round", dispute=dispute_id[:16], error=str(e))
         finally:
             self._busy.discard(dispute_id)
+
+    async def _keep_agreed(self, d: Dispute, check: SegmentCheck, claimed: bytes | None) -> None:
+        """Keep the state at mid_step that we agree with (its bytes hash to mid_hash), so the
+        committee can fetch the agreed lower state from us too."""
+        state = check.end_state if check.recomputed_hash == d.mid_hash else claimed
+        if not state:
+            return  # tolerant, agreeing with a state we did not fetch: nothing of ours to serve
+        market = self.market
+        blob = await market.put_blob(state)
+        await market.in_thread(market.checkpoints.keep_state, d.job_id, d.mid_step, d.mid_hash, blob)
 
     def status(self) -> dict[str, Any]:
         return {"opened": list(self.opened), "answering": sorted(self._busy)}

@@ -13,12 +13,25 @@ long), so a solver restarted mid-run resumes from its last recorded checkpoint
 (`resume_point`, then `compute.executor.resume_training`) instead of step 0. The run's final
 index (`seal`) replaces that list.
 
-Protocol `/hivemesh/market/checkpoint/1` (request/response, msgpack):
-    request  {"job_id": hex, "index": int}
-    response {"index", "step", "state_hash", "blob", "proof": [32-byte siblings], "n_leaves"}
-The state travels as a blob (it may be far larger than one response); `fetch_checkpoint`
-fetches it from the job's solver, checks the Merkle proof of (step, state hash) against the
-job's trace_root on the ledger and the state's hash against the proven one.
+A dispute that narrows to one checkpoint interval goes on over training steps
+(ledger/disputes.py): the solver posts the hash of its state at steps between checkpoints and
+the challenger agrees with some of them. Both keep the states behind the hashes they stand by
+(`keep_state`: a blob, and [step, hash, blob] in `<index dir>/steps/<job id>.json`), so the
+challenger and the committee can fetch them.
+
+Protocol `/hivemesh/market/checkpoint/1` (request/response, msgpack), two requests:
+    by leaf  {"job_id": hex, "index": int}
+        -> {"index", "step", "state_hash", "blob", "proof": [32-byte siblings], "n_leaves"}
+    by step  {"job_id": hex, "step": int}
+        -> {"step", "state_hash", "blob"}
+The state travels as a blob (it may be far larger than one response). `fetch_checkpoint`
+fetches a leaf from the job's solver, checks the Merkle proof of (step, state hash) against the
+job's trace_root on the ledger and the state's hash against the proven one. `fetch_state`
+fetches the state at a step whose hash the ledger holds (a dispute's lo_hash, hi_hash or
+mid_hash) from the solver or the challenger and checks it against that hash. A peer answers a
+step request only for a job it solved or challenges, and only at a step whose hash the active
+dispute posted (or a checkpoint step of the solver's own trace) and whose state it kept:
+nothing is computed on request.
 
 Error handling: a malformed request or an unknown job/index is refused (RemoteError on the
 client); on the client every failure is a `CheckpointError` (MarketError), `BadCheckpoint`
@@ -47,6 +60,7 @@ from gossip.blobs import BlobError, BlobStore
 from gossip.errors import GossipError
 from ledger.disputes import dispute_id_for
 from ledger.merkle import MAX_PROOF_LEN, leaf_hash, proof_of, root_of, tree_levels
+from ledger.records_disputes import Dispute
 from ledger.state import State
 from peer.market.errors import MarketError
 
@@ -59,6 +73,8 @@ PROTOCOL = "/hivemesh/market/checkpoint/1"
 MAX_REQUEST = 1024
 MAX_RESPONSE = 64 * 1024
 RUNS_DIR = "running"  # under the index dir: the checkpoint lists of runs in progress
+STEPS_DIR = "steps"  # under the index dir: states at dispute steps between checkpoints
+MAX_STEP_STATES = 256  # per job: a step-level game posts at most 64 steps
 RUN_VERSION = 1
 FLUSH_ALWAYS = 64  # a run's first checkpoints are each persisted at once...
 FLUSH_INTERVAL_S = 1.0  # ...later ones at most this often (the list is rewritten whole)
@@ -120,7 +136,47 @@ class CheckpointStore:
         self._pending: dict[str, dict[int, str]] = {}  # job id -> step -> blob, while the run goes on
         self._index: dict[str, dict[str, Any]] = {}  # job id -> {"root", "leaves": [[step, hash, blob]]}
         self._runs = {p.stem for p in (self.index_dir / RUNS_DIR).glob("*.json")}  # unfinished runs
+        self._steps: dict[str, dict[int, tuple[str, str]]] = {}  # job id -> step -> (hash, blob)
         self._load()
+        self._load_steps()
+
+    def _load_steps(self) -> None:
+        for path in (self.index_dir / STEPS_DIR).glob("*.json"):
+            try:
+                rows = json.loads(path.read_text())
+                kept = {int(step): (str(digest), str(blob)) for step, digest, blob in rows}
+            except (OSError, ValueError, TypeError) as e:
+                log.warning("unreadable dispute step states, ignored", path=str(path), error=str(e))
+                continue
+            self._steps[path.stem] = kept
+
+    def keep_state(self, job_id: str, step: int, digest: str, blob: str) -> None:
+        """Remember that blob `blob` holds the state of `job_id` at `step`, hashing to `digest`
+        (a dispute step state; blocking: disk). Raises OSError."""
+        with self._lock:
+            kept = self._steps.setdefault(job_id, {})
+            kept[step] = (digest, blob)
+            while len(kept) > MAX_STEP_STATES:
+                kept.pop(min(kept))
+            rows = [[s, d, b] for s, (d, b) in sorted(kept.items())]
+        path = self.index_dir / STEPS_DIR / f"{job_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(rows))
+        tmp.replace(path)
+
+    def states(self, job_id: str) -> list[tuple[int, str, str]]:
+        """(step, hash, blob) of every state of `job_id` kept here: the checkpoints of its index
+        and the dispute step states, in step order."""
+        entry = self.entry(job_id)
+        found = {s: (d, b) for s, d, b in (entry["leaves"] if entry else []) if b}
+        with self._lock:
+            found |= self._steps.get(job_id, {})
+        return [(s, d, b) for s, (d, b) in sorted(found.items())]
+
+    def state_blob(self, job_id: str, step: int, digest: str) -> str | None:
+        """The blob of a kept state of `job_id` at `step` hashing to `digest`, or None."""
+        return next((b for s, d, b in self.states(job_id) if s == step and d == digest), None)
 
     def _load(self) -> None:
         if not self.index_dir.is_dir():
@@ -286,6 +342,11 @@ class CheckpointStore:
         with self._lock:
             return sorted(self._index)
 
+    def step_jobs(self) -> list[str]:
+        """Jobs with dispute step states kept here (solved or challenged by this peer)."""
+        with self._lock:
+            return sorted(self._steps)
+
     def running(self) -> list[str]:
         """Jobs with the persisted checkpoint list of an unfinished run."""
         with self._lock:
@@ -296,7 +357,9 @@ class CheckpointStore:
         with self._lock:
             self._index.pop(job_id, None)
             self._pending.pop(job_id, None)
+            self._steps.pop(job_id, None)
         (self.index_dir / f"{job_id}.json").unlink(missing_ok=True)
+        (self.index_dir / STEPS_DIR / f"{job_id}.json").unlink(missing_ok=True)
         self._forget_run(job_id)
 
     def _forget_run(self, job_id: str) -> None:
@@ -326,21 +389,59 @@ class CheckpointStore:
         }
 
 
-def _parse_request(body: Any) -> tuple[str, int]:
-    if not isinstance(body, dict) or set(body) != {"job_id", "index"}:
-        raise Refused("a checkpoint request is {job_id, index}")
-    job_id, index = body["job_id"], body["index"]
-    if not canonical.is_hash(job_id) or not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise Refused("job_id must be a hex hash and index a non-negative int")
-    return job_id, index
+def _is_uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64
+
+
+def _parse_request(body: Any) -> tuple[str, str, int]:
+    """(job id, "index" or "step", its value)."""
+    if not isinstance(body, dict) or set(body) not in ({"job_id", "index"}, {"job_id", "step"}):
+        raise Refused("a checkpoint request is {job_id, index} or {job_id, step}")
+    what = "index" if "index" in body else "step"
+    job_id, value = body["job_id"], body[what]
+    if not canonical.is_hash(job_id) or not _is_uint(value):
+        raise Refused(f"job_id must be a hex hash and {what} a non-negative int")
+    return job_id, what, value
+
+
+def posted_steps(d: Dispute | None) -> dict[int, str]:
+    """step -> state hash of the states an active training dispute has posted (lo, hi, mid)."""
+    if d is None or not d.active or d.kind != "training":
+        return {}
+    posted = [(d.lo_step, d.lo_hash), (d.hi_step, d.hi_hash), (d.mid_step, d.mid_hash)]
+    return {step: digest for step, digest in posted if digest}
+
+
+def _answer_step(service: MarketService, job: dict[str, Any], step: int) -> dict[str, Any]:
+    """The response to a step request (in-memory lookups). Raises Refused."""
+    job_id, me = job["job_id"], service.ledger.address
+    d = service.ledger.state.disputes.get(dispute_id_for(job_id))
+    party = me == job["solver"] or (d is not None and d.active and me == d.challenger)
+    if not party:
+        raise Refused(f"this peer neither solved nor challenges job {job_id}")
+    digest = posted_steps(d).get(step)
+    entry = service.checkpoints.entry(job_id) if me == job["solver"] else None
+    if digest is None and entry is not None and entry["root"] == job["trace_root"]:
+        digest = next((h for s, h, _ in entry["leaves"] if s == step), None)
+    if digest is None:
+        raise Refused(f"step {step} of job {job_id} is neither a checkpoint nor a posted dispute step")
+    blob = service.checkpoints.state_blob(job_id, step, digest)
+    if blob is None:
+        raise Refused(f"no state of job {job_id} at step {step} with the posted hash here")
+    return {"step": step, "state_hash": digest, "blob": blob}
 
 
 def make_handler(service: MarketService) -> Any:
-    """The protocol handler: serve checkpoints of jobs this peer solved and still keeps."""
+    """The protocol handler: serve checkpoints of jobs this peer solved and still keeps, and the
+    states at the steps of their disputes (also for jobs this peer challenges)."""
 
     async def handle(peer: str, body: Any) -> dict[str, Any]:
-        job_id, index = _parse_request(body)
+        job_id, what, index = _parse_request(body)
         job = service.ledger.job(job_id)
+        if what == "step":
+            if job is None or job.get("kind") != "training":
+                raise Refused(f"job {job_id} is not a training job on the ledger")
+            return _answer_step(service, job, index)  # in-memory lookups only
         if job is None or job["solver"] != service.ledger.address:
             raise Refused(f"this peer is not the solver of job {job_id}")
         entry = service.checkpoints.entry(job_id)
@@ -423,11 +524,82 @@ async def fetch_checkpoint(service: MarketService, job: dict[str, Any], index: i
     return Checkpoint(index, step, digest, state, proof, n_leaves)
 
 
+async def _state_from(service: MarketService, holder: str, job_id: str, step: int, digest: str) -> bytes:
+    """The state at `step` served by `holder`. Raises CheckpointError, BadCheckpoint."""
+    request = {"job_id": job_id, "step": step}
+    try:
+        if holder == service.identity.peer_id:
+            reply = await make_handler(service)(holder, request)
+        else:
+            await service.ensure_connected(holder)
+            reply = await service.gossip.rpc.request(
+                holder, PROTOCOL, request, timeout=REQUEST_TIMEOUT_S, max_response=MAX_RESPONSE
+            )
+    except GossipError as e:
+        raise CheckpointError(
+            f"cannot get the state of job {job_id} at step {step} from {holder}: {e}"
+        ) from None
+    fields = {"step", "state_hash", "blob"}
+    if not isinstance(reply, dict) or set(reply) != fields or not isinstance(reply["blob"], str):
+        raise BadCheckpoint(f"malformed state answer for job {job_id} step {step} from {holder}")
+    if reply["step"] != step or reply["state_hash"] != digest:
+        raise BadCheckpoint(f"{holder} names another state of job {job_id} at step {step} than the ledger")
+    try:
+        state = await service.fetch_blob(reply["blob"], [holder])
+    except BlobError as e:
+        raise CheckpointError(f"cannot fetch the state of job {job_id} at step {step}: {e}") from None
+    await _check_state(service, state, digest, f"the state of job {job_id} at step {step} from {holder}")
+    return state
+
+
+async def _check_state(service: MarketService, state: bytes, digest: str, what: str) -> None:
+    try:
+        actual = await service.in_thread(state_hash, state)
+    except ComputeError as e:
+        raise BadCheckpoint(f"{what} is not a training state: {e}") from None
+    if actual != digest:
+        raise BadCheckpoint(f"{what} hashes to {actual[:16]}, not the posted {digest[:16]}")
+
+
+async def fetch_state(
+    service: MarketService, job: dict[str, Any], step: int, digest: str, holders: Sequence[str]
+) -> bytes:
+    """The full training state of `job` at `step` whose hash the ledger holds as `digest`: kept
+    here, or from the first of `holders` (the solver, the challenger) that serves it.
+
+    Raises:
+        BadCheckpoint: the job's solver served a state that is not the one it posted (data
+            from any other holder that does not match is only skipped: it is no evidence
+            against the solver).
+        CheckpointError: no holder served it.
+    """
+    job_id = job["job_id"]
+    blob = service.checkpoints.state_blob(job_id, step, digest)
+    if blob is not None:
+        try:
+            state = await service.read_blob(blob)
+            await _check_state(service, state, digest, f"the kept state of job {job_id} at step {step}")
+            return state
+        except (BlobError, OSError, CheckpointError) as e:
+            log.warning("a kept dispute state is unusable", job=job_id[:16], step=step, error=str(e))
+    errors = []
+    for holder in dict.fromkeys(holders):
+        try:
+            return await _state_from(service, holder, job_id, step, digest)
+        except BadCheckpoint:
+            if holder == job.get("solver"):
+                raise
+            errors.append(f"{holder}: served a state that is not the posted one")
+        except CheckpointError as e:
+            errors.append(str(e))
+    raise CheckpointError(f"no holder served the state of job {job_id} at step {step}: {'; '.join(errors)}")
+
+
 def prune(service: MarketService, state: State) -> list[str]:
     """Job ids whose checkpoints may go: settled, and no dispute over them is still running; and
     the unfinished runs of jobs that are no longer ours to finish (e.g. the deadline passed)."""
     done = []
-    for job_id in service.checkpoints.jobs():
+    for job_id in sorted({*service.checkpoints.jobs(), *service.checkpoints.step_jobs()}):
         job = state.jobs.get(job_id)
         dispute = state.disputes.get(dispute_id_for(job_id))
         if job is not None and job.status in KEEP_STATUSES:

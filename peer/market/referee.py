@@ -3,16 +3,23 @@
 When a dispute reaches phase "referee" (ledger/disputes.py) with this peer on its committee
 and no vote from it yet, the referee gathers the job's material (peer/market/challenger.py:
 spec, model, the submitter's private input, which inputs.py serves to committee members, and
-the solver's result bundle) and re-executes unit hi once from leaf lo: a training segment
-from the solver's proven state at lo (the spec's initial state when lo == 0) to hi, compared
-with the solver's hash at hi (within the spec's tolerance in tolerant mode); an inference
-batch hi, compared with the solver's batch hash. It posts dispute_verdict {honest: "solver"}
-when the solver's value is what one execution gives, "challenger" otherwise.
+the solver's result bundle) and re-executes the one unit left:
+- a training game bisected over steps (`Dispute.stepwise`): exactly one training step, from
+  the state at lo_step whose hash the game agreed on (lo_hash, fetched from the solver or the
+  challenger and checked against it; the spec's initial state at step 0) to hi_step, compared
+  with the solver's hi_hash (strict) or its state at hi_step within the spec's tolerance;
+- a training game whose last checkpoint interval is one step: that step, from the solver's
+  proven checkpoint state at lo (the spec's initial state when lo == 0), the same way;
+- an inference game: batch hi, compared with the solver's batch hash.
+It posts dispute_verdict {honest: "solver"} when the solver's value is what one execution
+gives, "challenger" otherwise.
 
-A solver that does not serve its state at lo (or its result bundle) before VOTE_MARGIN_BLOCKS
-before the deadline is judged by what it failed to show: "challenger" (keeping the data of a
-disputed job available is the solver's duty, peer/market/checkpoints.py). A missing private
-input is the submitter's fault, not either party's: then the referee does not vote.
+A solver that does not serve the state it must serve (or its result bundle) before
+VOTE_MARGIN_BLOCKS before the deadline is judged by what it failed to show: "challenger"
+(keeping the data of a disputed job available is the solver's duty,
+peer/market/checkpoints.py); the agreed lower state may come from the challenger instead. A
+missing private input is the submitter's fault, not either party's: then the referee does
+not vote.
 
 Error handling: failures are logged and retried on the next committed state until the vote
 is in or the deadline passes; one dispute never stops the actor.
@@ -30,7 +37,7 @@ from gossip.blobs import BlobError
 from ledger.disputes import disputes_by
 from ledger.records_disputes import Dispute
 from ledger.state import State
-from peer.market.challenger import Material, check_unit, gather
+from peer.market.challenger import Material, check_steps, check_unit, gather
 from peer.market.checkpoints import BadCheckpoint, CheckpointError
 from peer.market.errors import MarketError, ResultMismatch
 from peer.market.inputs import InputUnavailable
@@ -86,14 +93,21 @@ class Referee:
                 return
             await self.market.ledger.send("dispute_verdict", {"dispute_id": dispute_id, "honest": verdict})
             self.votes[dispute_id] = verdict
-            log.info("dispute verdict posted", dispute=dispute_id[:16], unit=d.hi, honest=verdict)
+            log.info(
+                "dispute verdict posted",
+                dispute=dispute_id[:16],
+                unit=d.hi,
+                step=d.hi_step,
+                steps=d.hi_step - d.lo_step,
+                honest=verdict,
+            )
         except (MarketError, ComputeError, BlobError, OSError) as e:
             log.warning("cannot referee a dispute", dispute=dispute_id[:16], error=str(e))
         finally:
             self._busy.discard(dispute_id)
 
     async def _judge(self, d: Dispute) -> str | None:
-        """The verdict on unit d.hi, or None to try again on a later state."""
+        """The verdict on the last unit (step hi_step, or batch hi), or None to try again later."""
         market = self.market
         late = market.ledger.height >= d.due_height - VOTE_MARGIN_BLOCKS
         try:
@@ -103,7 +117,12 @@ class Referee:
                 assert job is not None
                 m = await gather(market, job, timeout=GATHER_TIMEOUT_S)
                 self._material[d.job_id] = m
-            ok, _ = await check_unit(market, m, d.lo, d.hi, d.hi_hash)
+            if d.stepwise:
+                holders = [d.solver, d.challenger]
+                check, _ = await check_steps(market, m, d.lo_step, d.lo_hash, d.hi_step, d.hi_hash, holders)
+                ok = check.ok
+            else:
+                ok, _ = await check_unit(market, m, d.lo, d.hi, d.hi_hash)
         except InputUnavailable as e:
             log.info("no input to referee with: not voting yet", job=d.job_id[:16], error=str(e))
             return None
