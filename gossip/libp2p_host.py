@@ -46,6 +46,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.utils.varint import encode_varint_prefixed
 
+from gossip import libp2p_fastio
 from gossip.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def harden_library() -> None:
     Both knobs are read by the library at call time, so patching the defaults is enough and
     must happen before any peer connects.
     """
-
+    libp2p_fastio.apply()  # cheaper Noise/Yamux byte paths; before serialize_yamux_writes wraps write
     _rpc_queue_module.RpcQueue.__init__.__defaults__ = (
         RPC_QUEUE_SIZE,
         _rpc_queue_module.DefaultMaxMessageSize,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import socket
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -12,14 +14,24 @@ import multiaddr
 import psutil
 import pytest
 import trio
+import trio.testing
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.io.trio import TrioTCPStream
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.peer.id import ID as PeerID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from libp2p.security.noise.io import NoiseTransportReadWriter
+from libp2p.security.secure_session import SecureSession
+from libp2p.stream_muxer.yamux.yamux import YAMUX_HEADER_FORMAT, Yamux
+from noise.connection import NoiseConnection
+from noise.exceptions import NoiseInvalidMessage
 
 from gossip.errors import DialError, GossipError, MessageTooLarge, ProtocolNotSupported, StreamBroken
 from gossip.framing import read_frame, write_frame
 from gossip.identity import Identity
+from gossip.libp2p_fastio import FastNoiseReadWriter, FastSecureSession
 from gossip.libp2p_transport import Libp2pTransport
 from gossip.transport import MAX_GOSSIP_BYTES, ByteStream, GossipMessage, Verdict
 from tests.waiting import wait_until
@@ -121,6 +133,7 @@ async def test_validator_reject_drops_message_at_relay() -> None:
 
 async def test_validator_that_raises_rejects_and_node_keeps_working() -> None:
     async with serving(2) as [a, b]:
+
         def explode(msg: GossipMessage) -> Verdict:
             if msg.data == b"boom":
                 raise RuntimeError("validator bug")
@@ -302,7 +315,8 @@ async def test_shutdown_releases_port_tasks_threads_and_closes_subscriptions() -
     assert t.listen_addrs() == [] and t.connected_peers() == []
     assert count_tasks() == tasks_before  # libp2p's system tasks included
     leftover = [
-        c for c in psutil.Process().net_connections(kind="tcp")
+        c
+        for c in psutil.Process().net_connections(kind="tcp")
         if {port, other_port} & {c.laddr.port, c.raddr.port if c.raddr else None}
     ]
     assert leftover == []  # no socket left open, dialed ones included
@@ -399,3 +413,115 @@ async def test_concurrent_writes_on_one_stream_stay_contiguous() -> None:
             await done.wait()
         assert sorted(received) == sorted(payloads)
         await stream.aclose()
+
+
+# ---- gossip.libp2p_fastio against the library's own Noise and Yamux code ------------------------
+
+
+def _noise_states() -> tuple[NoiseConnection, NoiseConnection]:
+    """Two ends of a finished Noise handshake (NN: no static keys needed for the cipher states)."""
+    ends = [NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_SHA256") for _ in range(2)]
+    ends[0].set_as_initiator()
+    ends[1].set_as_responder()
+    for end in ends:
+        end.start_handshake()
+    ends[1].read_message(ends[0].write_message())
+    ends[0].read_message(ends[1].write_message())
+    assert all(end.handshake_finished for end in ends)
+    return ends[0], ends[1]
+
+
+def _sessions(fast_first: bool) -> tuple[SecureSession, SecureSession]:
+    """A patched session and a library one (in that order) joined by an in-memory byte stream."""
+    left, right = trio.testing.memory_stream_pair()
+    fast_state, plain_state = _noise_states() if fast_first else reversed(_noise_states())
+    keys = [create_new_key_pair() for _ in range(2)]
+    ids = [PeerID.from_pubkey(k.public_key) for k in keys]
+
+    def session(cls: type, rw_cls: type, stream: object, state: object, me: int) -> SecureSession:
+        raw = RawConnection(TrioTCPStream(stream), initiator=me == 0)  # type: ignore[arg-type]
+        return cls(
+            local_peer=ids[me],
+            local_private_key=keys[me].private_key,
+            remote_peer=ids[1 - me],
+            remote_permanent_pubkey=keys[1 - me].public_key,
+            is_initiator=me == 0,
+            conn=rw_cls(raw, state),
+        )
+
+    fast = session(FastSecureSession, FastNoiseReadWriter, left, fast_state, 0)
+    plain = session(SecureSession, NoiseTransportReadWriter, right, plain_state, 1)
+    assert type(plain.conn).write_msg is not FastNoiseReadWriter.write_msg
+    return fast, plain
+
+
+@pytest.mark.parametrize("fast_first", [True, False])
+async def test_patched_noise_interoperates_with_library_noise_both_ways(fast_first: bool) -> None:
+    """Odd-sized writes (empty, one byte, message-limit +-1, megabytes) arrive exactly, in both directions."""
+    fast, plain = _sessions(fast_first)
+    sizes = [1, 0, 65518, 65519, 65520, 12, 1_000_003, 131_039, 7]
+    rng = random.Random(7)
+    writes = [rng.randbytes(n) for n in sizes]
+    expected = b"".join(writes)
+    for sender, receiver in ((fast, plain), (plain, fast)):
+        got = bytearray()
+
+        async def send(to: SecureSession = sender) -> None:
+            for data in writes:
+                if data:  # the library's reader takes an empty message for the end of the stream
+                    await to.write(data)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                reads = iter([12, 1, 65507, 3, 200_000])
+                while len(got) < len(expected):
+                    got += await receiver.read(min(next(reads, 70_001), len(expected) - len(got)))
+        assert bytes(got) == expected
+
+
+async def test_patched_yamux_stream_over_mixed_noise_round_trips_large_payload() -> None:
+    """Yamux frames written in batches split across Noise messages; the library's side reads them exactly."""
+    fast, plain = _sessions(True)
+    muxers = [
+        Yamux(fast, plain.local_peer, is_initiator=True),
+        Yamux(plain, fast.local_peer, is_initiator=False),
+    ]
+    payload = random.Random(3).randbytes(3_000_017)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for muxer in muxers:
+                nursery.start_soon(muxer.start)
+            for muxer in muxers:
+                await muxer.event_started.wait()
+            for writer_muxer, reader_muxer in (muxers, muxers[::-1]):
+                out = await writer_muxer.open_stream()
+                nursery.start_soon(out.write, payload)
+                inbound = await reader_muxer.accept_stream()
+                got = bytearray()
+                while len(got) < len(payload):
+                    got += await inbound.read(1 << 20)
+                assert bytes(got) == payload
+            for muxer in muxers:
+                await muxer.close()
+            nursery.cancel_scope.cancel()
+
+
+async def test_patched_noise_refuses_forged_messages_and_yamux_still_refuses_oversized_frames() -> None:
+    fast, plain = _sessions(True)
+    # A flipped ciphertext bit fails authentication, as in the library.
+    sealed = plain.conn.encrypt(b"hello")
+    forged = bytes([sealed[0] ^ 1]) + sealed[1:]
+    await plain.conn.read_writer.write_msg(forged)
+    with pytest.raises(NoiseInvalidMessage), trio.fail_after(5):
+        await fast.read(5)
+    # A DATA frame announcing more than Yamux's 16 MiB limit closes the connection.
+    fast, plain = _sessions(True)
+    muxer = Yamux(fast, plain.local_peer, is_initiator=True)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(muxer.start)
+            await muxer.event_started.wait()
+            await plain.write(struct.pack(YAMUX_HEADER_FORMAT, 0, 0, 0, 2, (16 << 20) + 1))
+            await muxer.event_closed.wait()
+            nursery.cancel_scope.cancel()
