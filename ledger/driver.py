@@ -25,7 +25,10 @@ spinning: `empty_block_interval` while the state waits on future heights (job an
 timers, unbonding, a scheduled validator set: deadlines counted in blocks), the longer
 `idle_block_interval` when nothing does (each empty block costs every peer of the mesh a
 proposal and 2 votes per validator). Every node follows the same rule on the same state, so
-no propose timeout runs while a proposer holds back.
+no propose timeout runs while a proposer holds back. However busy the chain, a height starts
+no sooner than `min_block_interval` after the previous decision (Tendermint's timeout_commit):
+windows the state counts in blocks (bids, challenges, disputes) then last a predictable
+minimum of wall time, and the txs that arrive meanwhile fill one bigger block.
 
 Blocks built or assembled here are kept by value id for the height in progress, so checking
 and committing a proposed block does not decode it again.
@@ -176,6 +179,7 @@ class ConsensusDriver:
         empty_block_interval: float,
         max_block_txs: int,
         idle_block_interval: float | None = None,
+        min_block_interval: float = 0.0,
         on_commit: Callable[[Block, list[bytes], list[Receipt]], None],
         hint_sync: Callable[[PeerId | None, int], None],
         clock_ms: Callable[[], int] = wall_clock_ms,
@@ -188,6 +192,7 @@ class ConsensusDriver:
         self.empty_block_interval, self.max_block_txs = empty_block_interval, max_block_txs
         idle = idle_block_interval
         self.idle_block_interval = empty_block_interval if idle is None else idle
+        self.min_block_interval = min_block_interval
         self._on_commit, self._hint_sync, self._clock_ms = on_commit, hint_sync, clock_ms
         self._decode = decode
         self.core = Core(
@@ -205,8 +210,9 @@ class ConsensusDriver:
         self.joined = False  # initial block sync is over; consensus may run
         self.syncing = False  # block sync is delivering a run of blocks: do not start heights
         self._due: float | None = None  # when the next height starts even with nothing to do
+        self._earliest = 0.0  # when the next height may start at all (min_block_interval)
         self._apply_rate: float | None = None  # txs per second of apply-and-store here (EWMA)
-        self._due_timer_for = 0
+        self._timers_for: set[tuple[int, str]] = set()  # (height, "earliest" | "due") scheduled
         self._last_round: tuple[int, int] | None = None
         self._nursery: trio.Nursery | None = None
         self._events: trio.MemorySendChannel[object] | None = None
@@ -306,11 +312,18 @@ class ConsensusDriver:
         if not self.joined or self.syncing or (self.core.running and self.core.height >= height):
             return
         now = trio.current_time()
-        if force or self._due is None or now >= self._due or len(self.mempool) or self._includable(height):
+        if not force and now < self._earliest:
+            self._wake(height, "earliest", self._earliest - now)
+        elif force or self._due is None or now >= self._due or len(self.mempool) or self._includable(height):
             await self._execute(self.core.start_height(height, self.schedule.at(self.head.state, height)))
-        elif self._due_timer_for != height:
-            self._due_timer_for = height
-            self._timer(self._due - now, HeightDue(height))
+        else:
+            self._wake(height, "due", self._due - now)
+
+    def _wake(self, height: int, why: str, delay: float) -> None:
+        """One HeightDue timer per (height, reason): maybe_start runs again then."""
+        if (height, why) not in self._timers_for:
+            self._timers_for.add((height, why))
+            self._timer(delay, HeightDue(height))
 
     # -- the value check the core calls -------------------------------------------------------
 
@@ -465,6 +478,8 @@ class ConsensusDriver:
         self._blocks.clear()
         self.recent_txs.add(hashes, block.txs)
         self._due = now + (self.empty_block_interval if awaits_heights(state) else self.idle_block_interval)
+        self._earliest = now + self.min_block_interval if live else now
+        self._timers_for.clear()
         self.mempool.update(hashes, state)
         self._prune_evidence()
         self.metrics.height.set(state.height)

@@ -88,6 +88,7 @@ RECENT_TXS = 20_000  # placements of recently committed txs kept in memory for w
 _PEER_POLL = 0.05
 SLOW_EVENT_S = 1.0
 IDLE_FACTOR = 4  # empty blocks of a chain with nothing due come this much more slowly
+MIN_BLOCK_INTERVAL = 0.5  # seconds: a busy chain still makes block-counted windows last (timeout_commit)
 MAX_FETCHES = 4  # compact proposals whose missing txs are being fetched at once
 PROFILE_ENV = "HIVEMESH_LEDGER_PROFILE"  # a directory: cProfile the event loop thread into it
 
@@ -123,6 +124,8 @@ class LedgerNode:
         empty_block_interval: seconds an idle chain waits before an empty block while the state
             waits on future heights (job or dispute timers, unbonding, a new validator set).
         idle_block_interval: the same when nothing does (default IDLE_FACTOR x the above).
+        min_block_interval: seconds from one decision to the next height's start, however many
+            txs wait (driver.py): block-counted windows last at least this long per block.
         sync_interval: seconds between block-sync polls of random peers.
         peer_wait: at start, how long to wait for a first connected peer to sync from before
             joining consensus alone (a lone validator, or a peer whose bootstrap is down).
@@ -141,6 +144,7 @@ class LedgerNode:
         max_block_txs: int = 5000,
         empty_block_interval: float = 1.0,
         idle_block_interval: float | None = None,
+        min_block_interval: float = MIN_BLOCK_INTERVAL,
         sync_interval: float = 2.0,
         peer_wait: float = 2.0,
         clock_ms: Callable[[], int] = wall_clock_ms,
@@ -155,7 +159,7 @@ class LedgerNode:
             registry if registry is not None else CollectorRegistry(), self._mempool_size
         )
         idle = IDLE_FACTOR * empty_block_interval if idle_block_interval is None else idle_block_interval
-        self._config = (timeouts, max_block_txs, empty_block_interval, idle, clock_ms)
+        self._config = (timeouts, max_block_txs, empty_block_interval, idle, min_block_interval, clock_ms)
         self._peer_wait = peer_wait
         genesis_head = genesis_state(genesis)
         self._head0 = Head(genesis_head, app_hash(genesis_head), ZERO_HASH)
@@ -352,7 +356,7 @@ class LedgerNode:
         else:
             head = Head(state, tip.app_hash, tip.block_hash)
         self.mempool.update((), head.state)
-        timeouts, max_block_txs, empty_block_interval, idle_block_interval, clock_ms = self._config
+        timeouts, max_block_txs, empty_interval, idle_interval, min_interval, clock_ms = self._config
         log.info("ledger loaded", height=head.state.height, address=self.address)
         driver = ConsensusDriver(
             identity=self.identity,
@@ -362,8 +366,9 @@ class LedgerNode:
             head=head,
             metrics=self.metrics,
             timeouts=timeouts,
-            empty_block_interval=empty_block_interval,
-            idle_block_interval=idle_block_interval,
+            empty_block_interval=empty_interval,
+            idle_block_interval=idle_interval,
+            min_block_interval=min_interval,
             max_block_txs=max_block_txs,
             on_commit=self._committed,
             hint_sync=self.sync.hint,
