@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,27 @@ async def test_an_idle_chain_slows_down_but_txs_still_go_at_once(
         tx_hash = await peers[0].node.submit(cluster.transfer(0, cluster.users[1].peer_id, 2))
         await peers[0].node.wait_committed(tx_hash, timeout=600)
         assert trio.current_time() - sent < idle / 2  # a tx never waits for the idle interval
+
+
+async def test_a_busy_chain_keeps_the_minimum_block_interval(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    minimum = 2.0
+    committed_at: dict[int, float] = {}  # height -> when its first tx was seen committed
+
+    async with ledger_cluster(tmp_path, observers=0) as cluster:
+        peers = await cluster.start_all(min_block_interval=minimum)
+        await wait_until(lambda: min(cluster.heights()) >= 1, timeout=120)
+
+        async def send_and_wait(tx: bytes) -> None:
+            height, _, _ = await peers[0].node.wait_committed(await peers[0].node.submit(tx), timeout=600)
+            committed_at.setdefault(height, trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):  # a tx every 0.25 s for 10 s: without the minimum, a block each
+                nursery.start_soon(send_and_wait, cluster.transfer(i % 2, cluster.users[2].peer_id, 1))
+                await trio.sleep(0.25)  # pacing the load, not synchronisation
+        heights = sorted(committed_at)
+        assert len(heights) >= 3
+        gaps = [committed_at[b] - committed_at[a] for a, b in itertools.pairwise(heights)]
+        assert min(gaps) >= minimum * 0.95, gaps  # a peer may commit a moment after the proposer
