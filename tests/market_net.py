@@ -3,7 +3,9 @@
 A validator that is also the solver, a submitter, a registered verifier and an outsider (no
 verifier role) share one in-memory network and one chain (a single validator, so blocks come
 fast). Every ledger step is a real signed tx through consensus; the market services talk over
-their real request/response protocols, blob exchange and tasks topic.
+their real request/response protocols, blob exchange and tasks topic. A test may stop a peer's
+market service, or restart it on the same data dir (`Net.restart`: what a daemon restarted
+after kill -9 has, its chain, blobs and journals, and nothing it kept in memory).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from gossip.errors import DialError
 from gossip.identity import Identity
-from gossip.memory_transport import MemoryNetwork
+from gossip.memory_transport import MemoryNetwork, MemoryTransport
 from gossip.node import GossipNode
 from gossip.topics import TOPIC_TASKS
 from ledger.genesis import Genesis, GenesisValidator
@@ -52,11 +54,81 @@ GENESIS = Genesis(
 
 
 @dataclass
+class Peer:
+    """One peer's lasting parts and its market service, which a test may stop and start again on
+    the same data dir (a restart: same identity, ledger and blobs, nothing kept in memory)."""
+
+    identity: Identity
+    transport: MemoryTransport
+    gossip: GossipNode
+    ledger: LedgerService
+    home: Path
+    nursery: trio.Nursery
+    market: MarketService | None = None
+    scope: trio.CancelScope | None = None
+    stopped: trio.Event | None = None
+
+    async def start(self) -> None:
+        await self.nursery.start(self._run_market)
+
+    async def stop(self) -> None:
+        """Cancel the market service and wait until its tasks are done and its blob store closed."""
+        assert self.scope is not None and self.stopped is not None
+        self.scope.cancel()
+        await self.stopped.wait()
+        self.market = None
+
+    async def restart(self) -> MarketService:
+        await self.stop()
+        await self.start()
+        assert self.market is not None
+        return self.market
+
+    async def _run_market(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        market = MarketService(
+            identity=self.identity,
+            transport=self.transport,
+            gossip=self.gossip,
+            ledger=self.ledger,
+            data_dir=self.home / "data",
+            policy=SolverPolicy(enabled=False),
+            own_addrs=self.transport.listen_addrs,
+        )
+        self.stopped = trio.Event()
+        try:
+            self.scope = trio.CancelScope()
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(market.serve)
+                    self.market = market
+                    task_status.started()
+        finally:
+            market.close()
+            self.stopped.set()
+
+    async def deliver(self, envelope: Any) -> None:
+        if self.market is not None:  # a stopped market misses what is published meanwhile
+            await self.market.deliver(envelope)
+
+
+@dataclass
 class Net:
-    markets: dict[str, MarketService]
+    peers: dict[str, Peer]
+
+    @property
+    def markets(self) -> dict[str, MarketService]:
+        return {name: peer.market for name, peer in self.peers.items() if peer.market is not None}
 
     def __getitem__(self, name: str) -> MarketService:
-        return self.markets[name]
+        market = self.peers[name].market
+        assert market is not None, f"the market of {name} is stopped"
+        return market
+
+    async def stop(self, name: str) -> None:
+        await self.peers[name].stop()
+
+    async def restart(self, name: str) -> MarketService:
+        return await self.peers[name].restart()
 
 
 async def _peer(
@@ -84,43 +156,37 @@ async def _peer(
             )
             await nursery.start(gossip.serve)
             await nursery.start(node.serve)
-            market = MarketService(
-                identity=identity,
-                transport=transport,
-                gossip=gossip,
-                ledger=LedgerService(node, store, identity, GENESIS),
-                data_dir=home / "data",
-                policy=SolverPolicy(enabled=False),
-                own_addrs=transport.listen_addrs,
-            )
-            await nursery.start(market.serve)
+            ledger = LedgerService(node, store, identity, GENESIS)
+            peer = Peer(identity, transport, gossip, ledger, home, nursery)
+            await peer.start()
 
             async def forward() -> None:
                 async for envelope in tasks:
-                    await market.deliver(envelope)
+                    await peer.deliver(envelope)
 
             nursery.start_soon(forward)
-            task_status.started((market, transport.listen_addrs()[0]))
+            task_status.started((peer, transport.listen_addrs()[0]))
     finally:
         store.close()
 
 
 @asynccontextmanager
 async def market_net(root: Path) -> AsyncIterator[Net]:
-    net = MemoryNetwork(seed=11)
-    markets: dict[str, MarketService] = {}
+    memory = MemoryNetwork(seed=11)
+    peers: dict[str, Peer] = {}
     addrs: list[str] = []
     async with trio.open_nursery() as nursery:
         for name in NAMES:
             (root / name).mkdir()
-            market, addr = await nursery.start(_peer, net, IDS[name], root / name, list(addrs))
-            markets[name] = market
+            peer, addr = await nursery.start(_peer, memory, IDS[name], root / name, list(addrs))
+            peers[name] = peer
             addrs.append(addr)
-        await wait_until(lambda: all(m.ledger.height >= 1 for m in markets.values()), timeout=45)
-        await markets["solver"].ledger.send("register", {"role": "solver"})
-        await markets["verifier"].ledger.send("register", {"role": "verifier"})
-        await markets["submitter"].ledger.send("register", {"role": "model_owner"})
-        yield Net(markets)
+        net = Net(peers)
+        await wait_until(lambda: all(m.ledger.height >= 1 for m in net.markets.values()), timeout=45)
+        await net["solver"].ledger.send("register", {"role": "solver"})
+        await net["verifier"].ledger.send("register", {"role": "verifier"})
+        await net["submitter"].ledger.send("register", {"role": "model_owner"})
+        yield net
         nursery.cancel_scope.cancel()
 
 

@@ -9,59 +9,35 @@ from typing import Any
 import pytest
 import torch
 
-from compute.datasets import SyntheticClasses, encode_inputs
-from compute.jobs import OptimizerSpec, TrainingSpec
+from compute.datasets import encode_inputs
 from compute.models import Model
 from compute.train_state import state_hash
 from gossip.blobs import BlobTooLarge
-from ledger.jobs import job_id_for
 from peer.market.behaviours import SolverBehaviour
 from peer.market.bundles import training_bundle
 from peer.market.checkpoints import BadCheckpoint, CheckpointError, fetch_checkpoint
 from peer.market.inputs import InputUnavailable, fetch_input
-from tests.market_net import GENESIS, MLP, Net, assign, committed, market_net
+from tests.market_net import MLP, Net, assign, committed, market_net
+from tests.training_job import post_job, train, training_spec
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 
-async def _training_job(net: Net, tmp_path: Path) -> tuple[dict[str, Any], dict[int, bytes]]:
+async def _training_job(net: Net) -> tuple[dict[str, Any], dict[int, bytes]]:
     """A training job run by the solver (its states kept by the checkpoint store) and committed."""
-    model = Model.init(MLP, seed=0)
-    spec = TrainingSpec(
-        model.hash, SyntheticClasses(1, 96, (16,), 4), OptimizerSpec.sgd("0.1", "0.9"), 12, 16, 11, 3
-    )
-    submitter, solver = net["submitter"], net["solver"]
-    await submitter.ledger.send("model_register", {"model_hash": model.hash, "arch": "mlp", "royalty_bps": 0})
-    body = {
-        "spec_hash": spec.hash,
-        "model_hash": model.hash,
-        "kind": "training",
-        "bounty": 1_000,
-        "bid_window_blocks": 2,
-        "deadline_blocks": 200,
-        "challenge_window_blocks": 500,
-        "requirements": {},
-    }
-    posted = await submitter.ledger.send("job_post", body)
-    job_id = job_id_for(GENESIS.chain_id, submitter.ledger.address, posted["nonce"])
+    spec, model = training_spec(12, 3)
+    job_id = await post_job(net, spec, model)
     await assign(net, job_id)
     states: dict[int, bytes] = {}
-    recorder = solver.checkpoints.recorder(job_id)
-
-    def keep(step: int, state: bytes) -> None:
-        recorder(step, state)
-        states[step] = state
-
-    weights, trace, _ = SolverBehaviour().train(spec, model, None, job_id=job_id, on_checkpoint=keep)
-    solver.checkpoints.seal(job_id, trace)
+    weights, trace, _ = train(net["solver"], job_id, spec, model, SolverBehaviour(), also=states.__setitem__)
     _, result = training_bundle(job_id, weights, trace)
     return await committed(net, job_id, result.commitment()), states
 
 
 async def test_fetch_checkpoint_returns_verified_states_and_refuses_bad_ones(tmp_path: Path) -> None:
     async with market_net(tmp_path) as net:
-        job, states = await _training_job(net, tmp_path)
+        job, states = await _training_job(net)
         verifier, solver = net["verifier"], net["solver"]
         for index, step in enumerate([0, 3, 6, 9, 12]):
             cp = await fetch_checkpoint(verifier, job, index)

@@ -5,7 +5,8 @@ through its real solver code path (the checkpoint store keeps every state), and 
 an honest challenger from an honest local run of the same spec (checkpointed at every step).
 The defender must reveal and bisect with valid proofs until the game narrows to the faked
 checkpoint interval, then compute, keep and serve its states inside it until the game is down
-to one training step.
+to one training step. An honest solver whose market service restarts mid-dispute (a fresh
+announcement book, the submitter gone) defends the step stage from its journal and blob store.
 """
 
 from __future__ import annotations
@@ -15,20 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from compute.datasets import SyntheticClasses
 from compute.executor import run_training
-from compute.jobs import OptimizerSpec, TrainingSpec
 from compute.models import Model
 from compute.train_state import state_hash
 from ledger.disputes import dispute_id_for, max_rounds
-from ledger.jobs import job_id_for
 from ledger.records_disputes import Dispute
-from peer.market import wire
 from peer.market.behaviours import SolverBehaviour
-from peer.market.bundles import model_bundle, training_bundle
+from peer.market.bundles import training_bundle
+from peer.market.challenger import gather
 from peer.market.checkpoints import CheckpointError, fetch_state
 from peer.market.defender import next_move
-from tests.market_net import GENESIS, MLP, assign, committed, market_net
+from tests.market_net import MLP, assign, committed, market_net
+from tests.training_job import DATASET, announcement, post_job, train, training_spec
 from tests.trust_chain import Trace
 from tests.waiting import wait_until
 
@@ -67,44 +66,22 @@ def test_next_move_proves_the_leaf_the_phase_asks_for() -> None:
 
 
 async def test_defender_bisects_a_disputed_fake_train_job_down_to_one_step(tmp_path: Path) -> None:
-    model = Model.init(MLP, seed=0)
-    spec = TrainingSpec(
-        model.hash, SyntheticClasses(1, 96, (16,), 4), OptimizerSpec.sgd("0.1", "0.9"), 16, 16, 11, 4
-    )
+    spec, model = training_spec(16, 4)
     _, honest = run_training(replace(spec, checkpoint_every=1), model)
     truth = dict(honest.checkpoints)  # the honest state hash at every step
     async with market_net(tmp_path) as net:
         submitter, solver, verifier = net["submitter"], net["solver"], net["verifier"]
-        await submitter.ledger.send(
-            "model_register", {"model_hash": model.hash, "arch": "mlp", "royalty_bps": 0}
-        )
-        body = {
-            "spec_hash": spec.hash,
-            "model_hash": model.hash,
-            "kind": "training",
-            "bounty": 1_000,
-            "bid_window_blocks": 2,
-            "deadline_blocks": 200,
-            "challenge_window_blocks": 500,
-            "requirements": {},
-        }
-        posted = await submitter.ledger.send("job_post", body)
-        job_id = job_id_for(GENESIS.chain_id, submitter.ledger.address, posted["nonce"])
+        job_id = await post_job(net, spec, model)
         await assign(net, job_id)
-        spec_blob = await submitter.put_blob(spec.encode())
-        model_blob = await submitter.put_blob(model_bundle(model))
-        note = wire.JobNote(
-            job_id, spec.hash, spec_blob, model.hash, model_blob, "training", 1_000, {},
-            submitter.ledger.address, False,
-        )  # fmt: skip
-        solver.book.add(note, submitter.ledger.address)  # the announcement the defender loads the spec from
+        note = await announcement(net, job_id, spec, model)
         behaviour = SolverBehaviour("fake-train", fraction=0.25)
-        recorder = solver.checkpoints.recorder(job_id)
-        weights, trace, faked = behaviour.train(spec, model, None, job_id=job_id, on_checkpoint=recorder)
-        solver.checkpoints.seal(job_id, trace)
+        weights, trace, faked = train(solver, job_id, spec, model, behaviour)
         assert len(faked) == 1  # of 4 segments of 4 steps
         _, result = training_bundle(job_id, weights, trace)
         job = await committed(net, job_id, result.commitment())
+        # The announcement the defender loads the spec from; only now, or the solver agent would
+        # run the assigned job honestly itself and index its own trace over the faked one.
+        solver.book.add(note, submitter.ledger.address)
 
         bad = next(i for i, (step, digest) in enumerate(trace.checkpoints) if truth[step] != digest)
         assert bad == faked[0] + 1  # the end leaf of the faked segment
@@ -147,3 +124,63 @@ async def test_defender_bisects_a_disputed_fake_train_job_down_to_one_step(tmp_p
         assert [m.mid for m in moves if m.stepwise] == [bad_step - 2, bad_step - 1]
         await wait_until(lambda: game().phase == "closed", timeout=45)
         assert game().reason == "no_committee"  # the only validator is the solver itself
+
+
+async def test_a_restarted_solver_defends_the_step_game_from_its_journal(tmp_path: Path) -> None:
+    """An honest solver restarted mid-dispute, with the submitter gone (so the job is never
+    announced to it again), still names its states at the steps of the last interval: the spec,
+    model and sealed private dataset come from its journal and blob store. The real challenger
+    agrees with every move, the game reaches the draw and nobody is slashed."""
+    model = Model.init(MLP, seed=0)
+    (tmp_path / "model.safetensors").write_bytes(model.weights)
+    (tmp_path / "data.safetensors").write_bytes(DATASET.generate().to_bytes())
+    async with market_net(tmp_path) as net:
+        submitter, verifier = net["submitter"], net["verifier"]
+        await submitter.register_model(MLP, str(tmp_path / "model.safetensors"), 0)
+        view = await submitter.submitter.submit(
+            {
+                "model_hash": model.hash,
+                "kind": "training",
+                "bounty": 1_000,
+                "spec": {
+                    "optimizer": {"name": "sgd", "lr": "1/10", "momentum": "9/10"},
+                    "steps": 16,
+                    "batch_size": 16,
+                    "seed": 11,
+                    "checkpoint_every": 4,
+                },
+                "dataset_path": str(tmp_path / "data.safetensors"),
+                "bid_window_blocks": 2,
+                "deadline_blocks": 200,
+                "challenge_window_blocks": 500,
+            }
+        )
+        job_id = view["job_id"]
+        await assign(net, job_id)  # the solver agent fetches, opens the input, trains and commits
+        for market in net.markets.values():
+            await wait_until(
+                lambda m=market: (m.ledger.job(job_id) or {}).get("status") == "committed", timeout=60
+            )
+        job = verifier.ledger.job(job_id) or {}
+        material = await gather(verifier, job)  # the challenger re-executes from this
+        journaled = await net["solver"].solver.journaled(job_id)
+        assert journaled is not None and {"note", "input_blob", "result_blob"} <= set(journaled)
+        await net.stop("submitter")  # nobody announces the job any more
+
+        dispute_id = await verifier.challenger.open(material, 4, "ff" * 32)  # a wrong claim
+
+        def game() -> Dispute:
+            return verifier.ledger.state.disputes[dispute_id]
+
+        await wait_until(lambda: game().phase == "respond", timeout=45)
+        assert not game().stepwise  # the step stage is still ahead
+        solver = await net.restart("solver")
+        await wait_until(lambda: game().phase == "closed", timeout=90)
+        d = game()
+        assert (d.outcome, d.reason) == ("no_fault", "no_committee")  # not lost by timeout
+        assert d.stepwise and (d.lo, d.hi, d.lo_step, d.hi_step) == (3, 4, 15, 16)
+        steps = [m for m in solver.defender.moves if m.stepwise]
+        assert [m.mid for m in steps] == [14, 15] and not any(m.error for m in steps)
+        assert (job_id, submitter.ledger.address) not in solver.book.jobs  # moved from the journal alone
+        await wait_until(lambda: (solver.ledger.job(job_id) or {}).get("status") == "finalized", timeout=45)
+        await wait_until(lambda: job_id not in solver.solver.journal.records(), timeout=45)

@@ -33,6 +33,16 @@ def test_records_survive_a_reload(tmp_path: Path) -> None:
     assert not list(path.parent.glob(".*.tmp"))  # the temp file was renamed over the journal
 
 
+def test_merge_adds_fields_and_keeps_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "solver.json"
+    journal = Journal(path)
+    journal.merge("a" * 64, {"note": note_to_json(NOTE)})  # a new job: created
+    journal.merge("a" * 64, {"input_blob": "f" * 64})
+    journal.merge("a" * 64, {"note": note_to_json(NOTE), "result_blob": "e" * 64, "size": 12})
+    expected = {"note": note_to_json(NOTE), "input_blob": "f" * 64, "result_blob": "e" * 64, "size": 12}
+    assert Journal(path).load() == {"a" * 64: expected}
+
+
 def test_a_job_announcement_round_trips_without_addresses(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.json")
     journal.put(NOTE.job_id, {"note": note_to_json(NOTE)})

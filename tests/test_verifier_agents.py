@@ -40,7 +40,6 @@ from ledger.apply import apply_block
 from ledger.canary import canary_commitment
 from ledger.disputes import dispute_id_for
 from ledger.genesis import Genesis, GenesisValidator, genesis_state
-from ledger.jobs import job_id_for
 from ledger.params import Params
 from ledger.randomness import sample_indices
 from ledger.repvote import repvote_commitment, repvote_id_for
@@ -48,14 +47,15 @@ from ledger.state import Job, State
 from ledger.tx import MAX_EVIDENCE_BYTES, sign_tx
 from peer.market import wire
 from peer.market.behaviours import SolverBehaviour
-from peer.market.bundles import check_result, inference_bundle, model_bundle, training_bundle
+from peer.market.bundles import check_result, inference_bundle, training_bundle
 from peer.market.canaries import answer_of_settled, make_canary, reveal_height
 from peer.market.challenger import Material
 from peer.market.errors import MarketError
 from peer.market.referee import verdict_of
 from peer.market.verifier import Verifier, effective_rate, first_bad, sampled_leaves, segments_for
 from peer.market.voter import Observations, bonded_stake, evidence_bytes
-from tests.market_net import GENESIS, assign, market_net
+from tests.market_net import assign, market_net
+from tests.training_job import announcement, post_job, train, training_spec
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -342,45 +342,18 @@ def test_the_voters_commit_and_reveal_are_accepted_and_move_the_reputation() -> 
 
 
 async def test_the_verifier_reports_and_its_challenger_bisects_a_fake_train_job(tmp_path: Path) -> None:
-    model = Model.init(MLP, seed=0)
-    spec = TrainingSpec(
-        model.hash, SyntheticClasses(1, 96, (16,), 4), OptimizerSpec.sgd("0.1", "0.9"), 16, 16, 11, 1
-    )
+    spec, model = training_spec(16, 1)
     _, honest = run_training(spec, model)
     async with market_net(tmp_path) as net:
         submitter, solver, verifier = net["submitter"], net["solver"], net["verifier"]
-        await submitter.ledger.send(
-            "model_register", {"model_hash": model.hash, "arch": "mlp", "royalty_bps": 0}
-        )
-        body = {
-            "spec_hash": spec.hash,
-            "model_hash": model.hash,
-            "kind": "training",
-            "bounty": 1_000,
-            "bid_window_blocks": 2,
-            "deadline_blocks": 200,
-            "challenge_window_blocks": 500,
-            "requirements": {},
-        }
-        posted = await submitter.ledger.send("job_post", body)
-        job_id = job_id_for(GENESIS.chain_id, submitter.ledger.address, posted["nonce"])
-        spec_blob, model_blob = (
-            await submitter.put_blob(spec.encode()),
-            await submitter.put_blob(model_bundle(model)),
-        )
+        job_id = await post_job(net, spec, model)
+        job_note = await announcement(net, job_id, spec, model)
         await assign(net, job_id)
-        recorder = solver.checkpoints.recorder(job_id)  # the solver keeps and serves every state
-        weights, trace, faked = SolverBehaviour("fake-train").train(
-            spec, model, None, job_id=job_id, on_checkpoint=recorder
-        )
-        solver.checkpoints.seal(job_id, trace)
+        # the solver keeps and serves every state
+        weights, trace, faked = train(solver, job_id, spec, model, SolverBehaviour("fake-train"))
         data, result = training_bundle(job_id, weights, trace)
         result_blob = await solver.put_blob(data)
-        notes = [
-            (submitter, wire.JobNote(job_id, spec.hash, spec_blob, model.hash, model_blob, "training",
-                                     1_000, {}, submitter.ledger.address, False)),
-            (solver, wire.ResultNote(job_id, result_blob, result.size)),
-        ]  # fmt: skip
+        notes = [(submitter, job_note), (solver, wire.ResultNote(job_id, result_blob, result.size))]
         # Checks every item (the ledger's sample is a subset), so the faked segment is always in it.
         agent = Verifier(verifier, verifier.challenger, enabled=True, min_rate_bps=10_000, gather_timeout=3.0)
         dispute_id = dispute_id_for(job_id)

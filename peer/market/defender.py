@@ -25,6 +25,12 @@ Error handling: a refused move (a race with the deadline, a phase that moved on)
 one that timed out is retried on the next height. A dispute over a job whose leaves this
 peer no longer has (or whose spec, model or input it cannot load to compute a step state) is
 logged at ERROR (it will be lost by timeout).
+
+Restarts: the spec, model and private input of a disputed training job come first from what
+the solver keeps on disk (its journal record of the job, solver.py, naming the spec, model and
+sealed input blobs, which stay in its blob store), so a solver restarted mid-dispute moves at
+once even if the job is never announced again; a job without a usable record waits (up to
+MATERIAL_TIMEOUT_S) for its announcement in the book.
 """
 
 from __future__ import annotations
@@ -45,8 +51,10 @@ from gossip.blobs import BlobError
 from ledger.disputes import disputes_by
 from ledger.records_disputes import Dispute
 from ledger.state import State
+from peer.market import wire
 from peer.market.challenger import on_executor
 from peer.market.errors import MarketError, TxFailed, Unavailable
+from peer.market.journal import note_from_json
 from peer.market.sealed import SealError, open_sealed
 
 if TYPE_CHECKING:
@@ -58,6 +66,7 @@ SOLVER_PHASES = ("reveal", "bisect")
 MATERIAL_TIMEOUT_S = 60.0
 
 Leaf = tuple[int, str, list[bytes], int]  # (step, hash, proof, leaf count)
+JobMaterial = tuple[TrainingSpec, Model, bytes | None]  # (spec, model, opened private input)
 
 
 def move_index(d: Dispute, n_leaves: int) -> int:
@@ -131,7 +140,7 @@ class Defender:
         self.market = market
         self.moves: list[Move] = []  # newest last, written by `run`'s tasks only
         self._posted: set[tuple[str, str, int]] = set()  # (dispute, phase, round) moved on
-        self._material: dict[str, tuple[TrainingSpec, Model, bytes | None]] = {}
+        self._material: dict[str, JobMaterial] = {}
 
     def _due(self, state: State) -> list[tuple[str, Dispute]]:
         me = self.market.ledger.address
@@ -207,34 +216,71 @@ class Defender:
         log.info("dispute step state computed", job=job_id[:16], start=start, step=step, hash=digest[:16])
         return digest
 
-    async def _job_material(self, job_id: str) -> tuple[TrainingSpec, Model, bytes | None]:
-        """The spec, model and private input of a training job this peer solved."""
+    async def _job_material(self, job_id: str) -> JobMaterial:
+        """The spec, model and private input of a training job this peer solved: from the solver's
+        journal and blob store (what a restarted peer still has), else from the job's announcement
+        once the book holds it. Raises LookupError, MarketError, ComputeError, BlobError, OSError."""
         if job_id in self._material:
             return self._material[job_id]
-        market = self.market
-        job = market.ledger.job(job_id)
+        job = self.market.ledger.job(job_id)
         if job is None:
             raise LookupError(f"job {job_id} is not on the ledger")
+        material = await self._journaled_material(job)
+        if material is None:
+            material = await self._announced_material(job)
+        self._material[job_id] = material
+        return material
+
+    async def _journaled_material(self, job: dict[str, Any]) -> JobMaterial | None:
+        """The material named by the solver's journal record of the job, or None when the record
+        does not name all of it (no record, a malformed one, or no sealed input blob)."""
+        job_id = job["job_id"]
+        entry = await self.market.solver.journaled(job_id)
+        if entry is None:
+            return None
+        try:
+            note = note_from_json(entry.get("note"))
+        except wire.WireError as e:
+            log.warning("journaled job announcement is malformed", job=job_id[:16], error=str(e))
+            return None
+        input_blob = entry.get("input_blob")
+        if note.job_id != job_id or (note.private_input and not isinstance(input_blob, str)):
+            return None
+        return await self._load_material(job, note, input_blob if note.private_input else None)
+
+    async def _announced_material(self, job: dict[str, Any]) -> JobMaterial:
+        """The material named by the job's announcement and sealed input note in the book, waiting
+        up to MATERIAL_TIMEOUT_S for them (a peer that lost its journal record)."""
+        market, job_id = self.market, job["job_id"]
         key = (job_id, job["submitter"])
         with trio.move_on_after(MATERIAL_TIMEOUT_S):
             note = await market.book.wait_for(lambda: market.book.jobs.get(key))
-            spec = await market.load_spec(note.spec_blob, job)
-            model = await market.load_model(note.model_hash, note.model_blob, [job["submitter"]])
-            private = None
+            input_blob = None
             if note.private_input:
-                sealed_note = await market.book.wait_for(lambda: market.book.inputs.get(key))
-                sealed = await market.fetch_blob(sealed_note.blob, [job["submitter"]])
-                try:
-                    private = await market.in_thread(open_sealed, market.x25519, sealed, job_id.encode())
-                except SealError as e:
-                    raise LookupError(f"the input of job {job_id} does not open: {e}") from None
-            if not isinstance(spec, TrainingSpec):
-                raise LookupError(f"job {job_id} is not a training job")
-            self._material[job_id] = (spec, model, private)
-            return self._material[job_id]
+                input_blob = (await market.book.wait_for(lambda: market.book.inputs.get(key))).blob
+            return await self._load_material(job, note, input_blob)
         raise LookupError(
             f"the spec, model or input of job {job_id} was not at hand within {MATERIAL_TIMEOUT_S:.0f}s"
         )
+
+    async def _load_material(
+        self, job: dict[str, Any], note: wire.JobNote, input_blob: str | None
+    ) -> JobMaterial:
+        """Spec, model and opened input from their blobs: ours when kept, else fetched (the
+        submitter first)."""
+        market, job_id = self.market, job["job_id"]
+        spec = await market.load_spec(note.spec_blob, job)
+        if not isinstance(spec, TrainingSpec):
+            raise LookupError(f"job {job_id} is not a training job")
+        model = await market.load_model(note.model_hash, note.model_blob, [job["submitter"]])
+        private = None
+        if input_blob is not None:
+            sealed = await market.fetch_blob(input_blob, [job["submitter"]])
+            try:
+                private = await market.in_thread(open_sealed, market.x25519, sealed, job_id.encode())
+            except SealError as e:
+                raise LookupError(f"the input of job {job_id} does not open: {e}") from None
+        return spec, model, private
 
 
 def _key(dispute_id: str, d: Dispute) -> tuple[str, str, int]:

@@ -58,6 +58,12 @@ class Journal:
         with self._lock:
             self._replace({**self._records, job_id: dict(record)})
 
+    def merge(self, job_id: str, fields: Record) -> None:
+        """Set some fields of the record of `job_id` (created if new), keeping its others, and write
+        (blocking). Raises OSError, TypeError (a value JSON cannot hold)."""
+        with self._lock:
+            self._replace({**self._records, job_id: {**self._records.get(job_id, {}), **fields}})
+
     def update(self, job_id: str, **changes: Any) -> None:
         """Change some fields of an existing record (no-op for an unknown job) and write (blocking)."""
         with self._lock:

@@ -24,17 +24,21 @@ blob until the job is settled. If the job leaves "assigned" before we commit (de
 missed), the work is cancelled.
 
 Restarts: every job the ledger assigned us is journaled (journal.py,
-`<data>/market/solver.json`) with its announcement when its work starts, and with its result
-blob once that is stored, before job_commit is sent. After a restart the ledger decides: a job
-still "assigned" to us (and not past its deadline) is run again with the journaled
-announcement, without waiting for the submitter to re-announce it; a job "committed" whose
-result blob we journaled is announced again until it settles (the blob itself is served from
-the store; a dispute is the defender's). Records of jobs that settled, or are no longer ours,
-are dropped. A training run goes on from the last checkpoint its interrupted run recorded
-(checkpoints.py persists the list as it grows; the result is bitwise that of an uninterrupted
-run) and its work record says from which step (`start_step`). A job_commit sent just before
-the restart may land while the job runs again: the run then stops and the record shows
-"committed" (not failed), and the journaled result is served as above.
+`<data>/market/solver.json`) with its announcement when its work starts, with the id of its
+sealed input blob once fetched (the blob stays in the store; the plaintext is never kept), and
+with its result blob once that is stored, before job_commit is sent. Each write adds fields to
+the job's record and keeps the others. After a restart the ledger decides: a job still
+"assigned" to us (and not past its deadline) is run again with the journaled announcement,
+without waiting for the submitter to re-announce it; a job "committed" whose result blob we
+journaled is announced again until it settles (the blob itself is served from the store; a
+dispute is the defender's, which reloads the job's spec, model and input from the record:
+`journaled`). Records are kept while the job is assigned, committed or disputed; those of jobs
+that settled, or are no longer ours, are dropped. A training run goes on from the last
+checkpoint its interrupted run recorded (checkpoints.py persists the list as it grows; the
+result is bitwise that of an uninterrupted run) and its work record says from which step
+(`start_step`). A job_commit sent just before the restart may land while the job runs again:
+the run then stops and the record shows "committed" (not failed), and the journaled result is
+served as above.
 
 `SolverPolicy.behaviour` selects a TEST behaviour (behaviours.py): anything but "honest"
 cheats on purpose, to exercise spot checks and disputes on a test net.
@@ -159,7 +163,7 @@ class _Finished:
 @dataclass(frozen=True)
 class _Journaled:
     job_id: str
-    record: Record
+    fields: Record  # merged into the job's record
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,7 @@ class Solver:
         self._warned_unregistered = False
         self.journal = Journal(market.data_dir / "market" / JOURNAL_NAME)
         self._journaled: dict[str, Record] = {}  # job id -> journal record, owned by `run`
+        self._journal_loaded = trio.Event()
         self._forgetting: set[str] = set()
         self._unservable: set[str] = set()  # journaled results that could not be served again
         self._send, self._inbox = trio.open_memory_channel[object](INBOX_SIZE)
@@ -203,6 +208,7 @@ class Solver:
 
     async def run(self) -> None:
         self._journaled = await self.market.in_thread(self.journal.load)
+        self._journal_loaded.set()
         if self._journaled:
             log.info("solver journal loaded", jobs=len(self._journaled))
         async with trio.open_nursery() as nursery:
@@ -217,8 +223,8 @@ class Solver:
                         self._on_state(state, nursery)
                     case _Finished(job_id=job_id):
                         self._working.discard(job_id)
-                    case _Journaled(job_id=job_id, record=record):
-                        self._journaled[job_id] = record
+                    case _Journaled(job_id=job_id, fields=fields):
+                        self._journaled[job_id] = {**self._journaled.get(job_id, {}), **fields}
                     case _Forgotten(job_ids=job_ids):
                         for job_id in job_ids:
                             self._journaled.pop(job_id, None)
@@ -399,13 +405,21 @@ class Solver:
             return None
         return note if note.job_id == job_id else None
 
-    async def _journal(self, job_id: str, record: Record) -> None:
-        """Write a job's record (a failure is logged: the job goes on, only a restart would lose it)."""
+    async def journaled(self, job_id: str) -> Record | None:
+        """A copy of the journal record of a job this peer works on or solved (once the journal is
+        loaded), or None: what a restarted peer still knows of the job."""
+        await self._journal_loaded.wait()
+        entry = self._journaled.get(job_id)
+        return dict(entry) if entry is not None else None
+
+    async def _journal(self, job_id: str, fields: Record) -> None:
+        """Add fields to a job's record and write it (a failure is logged: the job goes on, only a
+        restart would lose them)."""
         try:
-            await self.market.in_thread(self.journal.put, job_id, record)
+            await self.market.in_thread(self.journal.merge, job_id, fields)
         except OSError as e:
             log.error("cannot write the solver journal", path=str(self.journal.path), error=str(e))
-        await self._send.send(_Journaled(job_id, record))
+        await self._send.send(_Journaled(job_id, fields))
 
     async def _forget(self, job_ids: tuple[str, ...]) -> None:
         try:
@@ -494,6 +508,7 @@ class Solver:
             sealed_note = await market.book.wait_for(lambda: market.book.inputs.get(key))
             sealed = await market.fetch_blob(sealed_note.blob, [note.submitter])
             private = await market.in_thread(open_sealed, market.x25519, sealed, note.job_id.encode())
+            await self._journal(note.job_id, {"input_blob": sealed_note.blob})  # a dispute reopens it
         record.mark("running")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publish_progress, record)
