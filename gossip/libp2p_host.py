@@ -33,18 +33,21 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import ValidationError
-from libp2p.network.stream.exceptions import StreamClosed, StreamReset
+from libp2p.io.exceptions import IOException, MessageTooLarge
+from libp2p.network.connection.exceptions import RawConnError
+from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError, StreamReset
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub, ValidationResult
 from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.pubsub.utils import maybe_consume_signed_record
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
-from libp2p.utils.varint import encode_varint_prefixed
+from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
 from gossip import libp2p_fastio
 from gossip.identity import Identity
@@ -321,6 +324,44 @@ class HardenedPubsub(Pubsub):
                 self.validation_cache.put(msg_id, ValidationResult(False, time.time(), "refused"))
                 raise ValidationError("refused by the topic validator")
         self.validation_cache.put(msg_id, ValidationResult(True, time.time()))
+
+    async def continuously_read_stream(self, stream: INetStream) -> None:
+        """The library's read loop for one peer's pubsub stream, handling published messages inline.
+
+        The library starts a task (through its service manager, which walks its task tree) for
+        every message received, though most are duplicates that push_msg drops at once; that
+        spawn was the largest cost per message. Inline, a peer's messages are also handled in
+        the order they arrived, and a slow subscriber slows the reading of this stream
+        (TCP backpressure) instead of piling up tasks. A failure is the caller's to handle, as
+        for a malformed RPC.
+        """
+        peer_id = stream.muxed_conn.peer_id
+        try:
+            while self.manager.is_running:
+                incoming = await read_varint_prefixed_bytes_limited(stream, self.max_inbound_rpc_size)
+                rpc = rpc_pb2.RPC()
+                rpc.ParseFromString(incoming)
+                if not maybe_consume_signed_record(rpc, self.host, peer_id):
+                    log.debug("pubsub RPC of %s with an invalid signed record ignored", peer_id)
+                    continue
+                for msg in rpc.publish:
+                    if self._is_subscribed_to_msg(msg):
+                        await self.push_msg(peer_id, msg)
+                if rpc.subscriptions:
+                    if len(rpc.subscriptions) > self.max_subscriptions_per_rpc:
+                        log.warning("%s sent %d subscriptions in one RPC", peer_id, len(rpc.subscriptions))
+                    else:
+                        for subscription in rpc.subscriptions:
+                            self.handle_subscription(peer_id, subscription)
+                if rpc.HasField("control"):
+                    await self.router.handle_rpc(rpc, peer_id)
+        except MessageTooLarge as error:
+            log.warning("pubsub RPC from %s over the size limit: %s", peer_id, error)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            self._handle_dead_peer(peer_id)
+        except (StreamEOF, StreamError, IOException, RawConnError) as error:
+            log.debug("pubsub stream of %s ended: %r", peer_id, error)
 
     async def stream_handler(self, stream: INetStream) -> None:
         try:
