@@ -20,6 +20,7 @@ import os
 import time
 import weakref
 from collections import defaultdict
+from typing import Any
 
 import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.pubsub.pubsub as _pubsub_module
@@ -236,6 +237,13 @@ class BackoffGossipSub(GossipSub):
     once; that peer, still inside the backoff our PRUNE told it about, calls it a GRAFT flood
     and prunes us back: mesh churn, and a warning each time.
     """
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        # The library's peer scorer runs on every publish and heartbeat, but with its default
+        # parameters (all weights 0, thresholds -inf) it never decides anything; misbehaviour
+        # is scored by gossip/scoring.py. Without it the router takes its unscored paths.
+        self.scorer = None
 
     def mesh_heartbeat(self) -> tuple[defaultdict[ID, list[str]], defaultdict[ID, list[str]]]:
         to_graft, to_prune = super().mesh_heartbeat()
