@@ -48,6 +48,16 @@ def decode_weights(data: bytes, what: str = "weights") -> dict[str, torch.Tensor
         raise WeightsError(f"{what} are not valid safetensors: {type(e).__name__}: {e}") from e
 
 
+def warm_up() -> None:
+    """Pay torch's one-time cost of initializing a tensor on the meta device (~1 s of CPU).
+
+    Every model check builds its module on "meta", and the first normal_() there imports
+    torch's compiler stack. A daemon calls this once at start, in a worker thread, so that
+    second is not spent on the path of its first job.
+    """
+    torch.nn.init.normal_(torch.empty(1, device="meta"))
+
+
 def expected_tensors(spec: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Name -> (shape, dtype) of every tensor the architecture's weights must contain."""
     module = build_module(spec, device="meta")

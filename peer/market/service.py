@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,7 +37,7 @@ import trio
 
 from compute.errors import ComputeError
 from compute.jobs import JobSpec, decode_job
-from compute.models import Model
+from compute.models import Model, warm_up
 from compute.runner import Executor
 from gossip.blobs import BlobError, BlobExchange, BlobStore
 from gossip.envelope import Envelope
@@ -147,6 +148,7 @@ class MarketService:
             for agent in (self.canaries, self.voter, self.challenger, self.referee, self.verifier):
                 nursery.start_soon(agent.run)
             nursery.start_soon(self._reannounce_models)
+            nursery.start_soon(partial(trio.to_thread.run_sync, warm_up, abandon_on_cancel=True))
             task_status.started()
             await self._owner()
 
