@@ -5,7 +5,8 @@ verifier role) share one in-memory network and one chain (a single validator, so
 fast). Every ledger step is a real signed tx through consensus; the market services talk over
 their real request/response protocols, blob exchange and tasks topic. A test may stop a peer's
 market service, or restart it on the same data dir (`Net.restart`: what a daemon restarted
-after kill -9 has, its chain, blobs and journals, and nothing it kept in memory).
+after kill -9 has, its chain, blobs and journals, and nothing it kept in memory), or make a
+peer's market deaf to some kinds of market message (`Peer.deaf_to`: gossip it never gets).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ class Peer:
     market: MarketService | None = None
     scope: trio.CancelScope | None = None
     stopped: trio.Event | None = None
+    deaf_to: set[str] = field(default_factory=set)  # envelope kinds its market never hears (gossip lost)
 
     async def start(self) -> None:
         await self.nursery.start(self._run_market)
@@ -107,7 +109,7 @@ class Peer:
             self.stopped.set()
 
     async def deliver(self, envelope: Any) -> None:
-        if self.market is not None:  # a stopped market misses what is published meanwhile
+        if self.market is not None and envelope.kind not in self.deaf_to:  # a stopped market misses it
             await self.market.deliver(envelope)
 
 

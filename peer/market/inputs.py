@@ -9,14 +9,23 @@ over `/hivemesh/market/input/1` (request/response, msgpack):
     response {"blob": id of the input sealed to `key`, bound to the job id}
 
 The requester is the stream's remote peer, authenticated by the transport (its peer id is its
-ledger address). It is served only while the job has a result to check ("committed" or
-"disputed") and only when it is a registered "verifier" on the ledger or a validator on the
-committee of the job's dispute; never the job's own solver (it has the input already). The
-response is sealed (peer/market/sealed.py) to the key carried in the request, so only that
-peer can open it even though the blob itself is served to anyone who asks for it by id.
+ledger address). Two kinds of peer are served:
 
-`fetch_input` (client) asks the submitter, fetches the sealed blob, opens it and checks it
-against the input hash the spec names. None when the job has no private input.
+- the job's assigned solver, while the job is "assigned": the input normally reaches it as a
+  gossiped InputNote, which a solver restarted after it was published may never hear again, so
+  it asks here instead. It gets the blob the submitter already sealed to it or, if there is none
+  yet, one sealed to the encryption key of its winning bid as the ledger records it (the key in
+  its request is ignored: nobody can have the input sealed to another key by naming the solver's
+  job). The canary is sealed first, as before any release of the input to the solver.
+- a registered "verifier" on the ledger or a validator on the committee of the job's dispute,
+  while the job has a result to check ("committed" or "disputed"); never the job's own solver
+  then (it has the input already). Their response is sealed (peer/market/sealed.py) to the key
+  carried in the request, so only that peer can open it even though the blob itself is served
+  to anyone who asks for it by id.
+
+`request_input` (client) asks the submitter and returns the id of the sealed blob;
+`fetch_input` (the checkers' client) also fetches it, opens it and checks it against the input
+hash the spec names. None when the job has no private input.
 
 Error handling: refusals go back as RemoteError and become `InputUnavailable` on the client;
 an input that does not open or does not hash to the spec's value is `BadInput`.
@@ -86,6 +95,11 @@ def check_input(spec: JobSpec, data: bytes) -> None:
         raise BadInput(f"the input served hashes to {actual[:16]}, the spec names {expected[:16]}")
 
 
+def is_assigned_solver(job: dict[str, Any], requester: str) -> bool:
+    """Whether `requester` is the solver the job is assigned to, still working on it."""
+    return job["status"] == "assigned" and bool(job["solver"]) and requester == job["solver"]
+
+
 def may_fetch(service: MarketService, job: dict[str, Any], requester: str) -> str:
     """ "" when `requester` may have the input of `job`, else why not."""
     state = service.ledger.state
@@ -119,24 +133,73 @@ def make_handler(service: MarketService) -> Any:
         job = service.ledger.job(job_id)
         if job is None or job["submitter"] != service.ledger.address:
             raise Refused(f"this peer did not submit job {job_id}")
+        if is_assigned_solver(job, peer):
+            return {"blob": await _for_solver(service, job)}
         why_not = may_fetch(service, job, peer)
         if why_not:
             log.info("input request refused", job=job_id[:16], peer=peer, reason=why_not)
             raise Refused(why_not)
-        own = service.submitter.own_input(job_id)
-        if own is None:
-            raise Refused(f"job {job_id} has no private input here")
-        context = job_id.encode()
-        try:
-            sealed_own = await service.read_blob(own)
-            plain = await service.in_thread(open_sealed, service.x25519, sealed_own, context)
-            sealed = await service.in_thread(seal, key, plain, context)
-        except (BlobError, OSError, SealError) as e:
-            log.warning("cannot serve a job input", job=job_id[:16], error=str(e))
-            raise Refused(f"the input of job {job_id} cannot be served: {e}") from None
-        return {"blob": await service.put_blob(sealed)}
+        return {"blob": await _reseal(service, job_id, key)}
 
     return handle
+
+
+async def _for_solver(service: MarketService, job: dict[str, Any]) -> str:
+    """The blob of the input sealed to the assigned solver: the one already sent, else a new one
+    sealed to the key of its winning bid (never to a key from the request)."""
+    job_id = job["job_id"]
+    sent = service.submitter.input_sent(job_id)
+    if sent is not None:
+        log.info("input handed to its solver on request", job=job_id[:16])
+        return sent
+    try:
+        key = bytes.fromhex(job["encryption_key"] or "")
+    except ValueError:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise Refused(f"the ledger records no encryption key for the solver of job {job_id}")
+    await service.canaries.seal(job_id, job["spec_hash"])  # as before the input is sent unasked
+    log.info("input sealed to its solver on request", job=job_id[:16])
+    return await _reseal(service, job_id, key)
+
+
+async def _reseal(service: MarketService, job_id: str, key: bytes) -> str:
+    """Seal our own copy of the job's input to `key`; the id of the new blob."""
+    own = service.submitter.own_input(job_id)
+    if own is None:
+        raise Refused(f"job {job_id} has no private input here")
+    context = job_id.encode()
+    try:
+        sealed_own = await service.read_blob(own)
+        plain = await service.in_thread(open_sealed, service.x25519, sealed_own, context)
+        sealed = await service.in_thread(seal, key, plain, context)
+    except (BlobError, OSError, SealError) as e:
+        log.warning("cannot serve a job input", job=job_id[:16], error=str(e))
+        raise Refused(f"the input of job {job_id} cannot be served: {e}") from None
+    return await service.put_blob(sealed)
+
+
+async def request_input(service: MarketService, job_id: str, submitter: str) -> str:
+    """Ask the submitter of a job for its input; the id of the blob it sealed for us.
+
+    Raises:
+        InputUnavailable: the submitter refused or is unreachable.
+        BadInput: its answer is malformed.
+    """
+    await service.ensure_connected(submitter)
+    try:
+        reply = await service.gossip.rpc.request(
+            submitter,
+            PROTOCOL,
+            {"job_id": job_id, "key": service.encryption_key},
+            timeout=REQUEST_TIMEOUT_S,
+            max_response=MAX_RESPONSE,
+        )
+    except GossipError as e:
+        raise InputUnavailable(f"the submitter of job {job_id} did not hand over its input: {e}") from None
+    if not isinstance(reply, dict) or set(reply) != {"blob"} or not isinstance(reply["blob"], str):
+        raise BadInput(f"malformed input answer for job {job_id}")
+    return reply["blob"]
 
 
 async def fetch_input(service: MarketService, job: dict[str, Any]) -> bytes | None:
@@ -155,21 +218,9 @@ async def fetch_input(service: MarketService, job: dict[str, Any]) -> bytes | No
     spec = await service.load_spec(note.spec_blob, job)
     if not has_private_input(spec):
         return None
-    await service.ensure_connected(submitter)
+    blob = await request_input(service, job_id, submitter)
     try:
-        reply = await service.gossip.rpc.request(
-            submitter,
-            PROTOCOL,
-            {"job_id": job_id, "key": service.encryption_key},
-            timeout=REQUEST_TIMEOUT_S,
-            max_response=MAX_RESPONSE,
-        )
-    except GossipError as e:
-        raise InputUnavailable(f"the submitter of job {job_id} did not hand over its input: {e}") from None
-    if not isinstance(reply, dict) or set(reply) != {"blob"} or not isinstance(reply["blob"], str):
-        raise BadInput(f"malformed input answer for job {job_id}")
-    try:
-        sealed = await service.fetch_blob(reply["blob"], [submitter])
+        sealed = await service.fetch_blob(blob, [submitter])
     except BlobError as e:
         raise InputUnavailable(f"cannot fetch the sealed input of job {job_id}: {e}") from None
     try:

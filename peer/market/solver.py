@@ -15,8 +15,9 @@ a submitter briefly unreachable (restarting) is asked again with backoff, at mos
 SPEC_FETCH_ATTEMPTS times and only while the job is open and its bid window has not closed.
 
 Work (a job assigned to us, seen in a committed state): fetch the model (checked against its
-hash) and, when the job has a private input, wait for the submitter's sealed input and open
-it; run it on the Executor (off the event loop) while publishing progress, keeping every
+hash) and, when the job has a private input, get the input the submitter sealed to us (its
+gossiped note or, when that does not come, by asking it: inputs.py), open it and check it
+against the spec; run it on the Executor (off the event loop) while publishing progress, keeping every
 checkpoint state of a training run (and the leaves of an inference trace) in the checkpoint
 store (checkpoints.py) until the job is settled and any dispute over it is over; store the result
 bundle as a blob; commit {output_hash, trace_root, result_size}; then announce the result
@@ -73,8 +74,9 @@ from peer.market.behaviours import SolverBehaviour
 from peer.market.bundles import Result, inference_bundle, training_bundle
 from peer.market.checkpoints import CheckpointStore, prune
 from peer.market.errors import MarketError
+from peer.market.inputs import BadInput, InputUnavailable, check_input, request_input
 from peer.market.journal import Journal, Record, note_from_json, note_to_json
-from peer.market.sealed import open_sealed
+from peer.market.sealed import SealError, open_sealed
 
 if TYPE_CHECKING:
     from peer.market.service import MarketService
@@ -87,6 +89,8 @@ BID_WAIT_BLOCKS = 3  # how long a lagging ledger may take to show an announced j
 SPEC_FETCH_ATTEMPTS = 8  # a submitter restarting within the bid window is asked again...
 SPEC_RETRY_FIRST_S = 0.5  # ...after this long, doubling...
 SPEC_RETRY_MAX_S = 8.0  # ...up to this
+INPUT_ASK_AFTER_S = 2.0  # no input note this long after the work starts: ask the submitter...
+INPUT_RETRY_MAX_S = 16.0  # ...and again, waiting twice as long each time, up to this
 MAX_RECORDS = 1000  # jobs remembered (bids, work) for the API
 JOURNAL_NAME = "solver.json"
 LIVE_STATUSES = frozenset({"assigned", "committed", "disputed"})  # a journaled job still matters
@@ -504,11 +508,14 @@ class Solver:
         private: bytes | None = None
         if note.private_input:
             record.mark("waiting for input")
-            key = (note.job_id, note.submitter)
-            sealed_note = await market.book.wait_for(lambda: market.book.inputs.get(key))
-            sealed = await market.fetch_blob(sealed_note.blob, [note.submitter])
-            private = await market.in_thread(open_sealed, market.x25519, sealed, note.job_id.encode())
-            await self._journal(note.job_id, {"input_blob": sealed_note.blob})  # a dispute reopens it
+            blob = await self._input_blob(note)
+            sealed = await market.fetch_blob(blob, [note.submitter])
+            try:
+                private = await market.in_thread(open_sealed, market.x25519, sealed, note.job_id.encode())
+            except SealError as e:
+                raise BadInput(f"the input of job {note.job_id} does not open: {e}") from None
+            await market.in_thread(check_input, spec, private)
+            await self._journal(note.job_id, {"input_blob": blob})  # a dispute reopens it
         record.mark("running")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publish_progress, record)
@@ -516,6 +523,24 @@ class Solver:
             nursery.cancel_scope.cancel()
         await market.publish(wire.ProgressNote(note.job_id, record.done, record.total))
         return bundle
+
+    async def _input_blob(self, note: wire.JobNote) -> str:
+        """The id of the blob holding our sealed input: the submitter's gossiped note, or its answer
+        when asked directly (a solver restarted after the note was published may never hear it
+        again). Waits for the note, asks, and waits longer between attempts; the work's
+        `_cancel_if_missed` ends this once the job leaves "assigned" (deadline missed).
+
+        Raises BadInput when the submitter's answer is malformed."""
+        market, key = self.market, (note.job_id, note.submitter)
+        delay = INPUT_ASK_AFTER_S
+        while True:
+            with trio.move_on_after(delay):  # the note, if gossip brings it meanwhile
+                return (await market.book.wait_for(lambda: market.book.inputs.get(key))).blob
+            try:
+                return await request_input(market, note.job_id, note.submitter)
+            except InputUnavailable as e:
+                log.info("input not handed over yet, will ask again", job=note.job_id[:16], error=str(e))
+            delay = min(2 * delay, INPUT_RETRY_MAX_S)
 
     async def _execute(
         self, job_id: str, spec: JobSpec, model: Model, private: bytes | None, record: WorkRecord

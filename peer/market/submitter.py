@@ -19,9 +19,9 @@ sealed blob is kept (it is also what verifiers get, inputs.py). Each job is jour
 the checked result, rewritten whenever one of them changes. On start, `run` reloads the
 journal and follows every unsettled job again, the ledger deciding where it stands: it
 re-announces it, seals the input to the winner if that was not done, fetches and checks the
-result, and serves the input to verifiers. A job whose follow task ends (settled, result
-handled) leaves the journal; so does a job the ledger never learned of (its job_post was
-never committed) after ORPHAN_BLOCKS.
+result, and serves the input to verifiers and to a solver that missed the input note
+(inputs.py). A job whose follow task ends (settled, result handled) leaves the journal; so
+does a job the ledger never learned of (its job_post was never committed) after ORPHAN_BLOCKS.
 
 What the API shows of a job (`view`) is the ledger's record plus the phase the CLI renders
 (posted -> bidding -> assigned -> running -> committed -> finalized, or expired / missed /
@@ -389,6 +389,11 @@ class Submitter:
         """The blob of `job_id`'s input sealed to our own key, if we submitted it with one."""
         job = self.jobs.get(job_id)
         return (job.own_input_blob or None) if job is not None else None
+
+    def input_sent(self, job_id: str) -> str | None:
+        """The blob of `job_id`'s input we sealed to its winner, once that is done."""
+        job = self.jobs.get(job_id)
+        return (job.input_blob or None) if job is not None else None
 
     def view(self, job_id: str) -> dict[str, Any]:
         """The ledger's record of a job, its phase and progress, and this peer's records of it."""
