@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from compute.executor import run_training
-from compute.models import Model
 from compute.train_state import state_hash
 from ledger.disputes import dispute_id_for, max_rounds
 from ledger.records_disputes import Dispute
@@ -26,8 +25,8 @@ from peer.market.bundles import training_bundle
 from peer.market.challenger import gather
 from peer.market.checkpoints import CheckpointError, fetch_state
 from peer.market.defender import next_move
-from tests.market_net import MLP, assign, committed, market_net
-from tests.training_job import DATASET, announcement, post_job, train, training_spec
+from tests.market_net import assign, committed, market_net
+from tests.training_job import announcement, post_job, submit_private_training, train, training_spec
 from tests.trust_chain import Trace
 from tests.waiting import wait_until
 
@@ -131,31 +130,9 @@ async def test_a_restarted_solver_defends_the_step_game_from_its_journal(tmp_pat
     announced to it again), still names its states at the steps of the last interval: the spec,
     model and sealed private dataset come from its journal and blob store. The real challenger
     agrees with every move, the game reaches the draw and nobody is slashed."""
-    model = Model.init(MLP, seed=0)
-    (tmp_path / "model.safetensors").write_bytes(model.weights)
-    (tmp_path / "data.safetensors").write_bytes(DATASET.generate().to_bytes())
     async with market_net(tmp_path) as net:
         submitter, verifier = net["submitter"], net["verifier"]
-        await submitter.register_model(MLP, str(tmp_path / "model.safetensors"), 0)
-        view = await submitter.submitter.submit(
-            {
-                "model_hash": model.hash,
-                "kind": "training",
-                "bounty": 1_000,
-                "spec": {
-                    "optimizer": {"name": "sgd", "lr": "1/10", "momentum": "9/10"},
-                    "steps": 16,
-                    "batch_size": 16,
-                    "seed": 11,
-                    "checkpoint_every": 4,
-                },
-                "dataset_path": str(tmp_path / "data.safetensors"),
-                "bid_window_blocks": 2,
-                "deadline_blocks": 200,
-                "challenge_window_blocks": 500,
-            }
-        )
-        job_id = view["job_id"]
+        job_id = await submit_private_training(net, tmp_path, 16, 500)
         await assign(net, job_id)  # the solver agent fetches, opens the input, trains and commits
         for market in net.markets.values():
             await wait_until(

@@ -15,44 +15,15 @@ from typing import Any
 
 import pytest
 
-from compute.models import Model
 from peer.market import wire
 from peer.market.chain import MarketLedger
 from peer.market.inputs import InputUnavailable, make_handler, request_input
 from peer.market.sealed import SealError, open_sealed, public_bytes, x25519_key
-from tests.market_net import IDS, MLP, Net, market_net
-from tests.training_job import DATASET
+from tests.market_net import IDS, Net, market_net
+from tests.training_job import submit_private_training
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240)
-
-
-async def _submit(net: Net, tmp_path: Path) -> str:
-    """Post a training job on a private dataset through the submitter agent; its job id."""
-    model = Model.init(MLP, seed=0)
-    (tmp_path / "model.safetensors").write_bytes(model.weights)
-    (tmp_path / "data.safetensors").write_bytes(DATASET.generate().to_bytes())
-    submitter = net["submitter"]
-    await submitter.register_model(MLP, str(tmp_path / "model.safetensors"), 0)
-    view = await submitter.submitter.submit(
-        {
-            "model_hash": model.hash,
-            "kind": "training",
-            "bounty": 1_000,
-            "spec": {
-                "optimizer": {"name": "sgd", "lr": "1/10", "momentum": "9/10"},
-                "steps": 8,
-                "batch_size": 16,
-                "seed": 11,
-                "checkpoint_every": 4,
-            },
-            "dataset_path": str(tmp_path / "data.safetensors"),
-            "bid_window_blocks": 2,
-            "deadline_blocks": 200,
-            "challenge_window_blocks": 2,
-        }
-    )
-    return str(view["job_id"])
 
 
 async def _assign_while_down(net: Net, job_id: str) -> dict[str, Any]:
@@ -89,7 +60,7 @@ async def test_a_solver_restarted_before_it_got_the_input_asks_the_submitter(
     async with market_net(tmp_path) as net:
         submitter = net["submitter"]
         me = submitter.ledger.address
-        job_id = await _submit(net, tmp_path)
+        job_id = await submit_private_training(net, tmp_path, 8, 2)
         await net.stop("solver")  # down before it could start the job (kill -9)
         job = await _assign_while_down(net, job_id)
         await wait_until(lambda: (job_id, me) in submitter.book.inputs, timeout=45)  # sealed, gossiped

@@ -6,6 +6,8 @@ checkpoint store. Assigning and committing are `assign` and `committed` of tests
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from compute.datasets import SyntheticClasses
 from compute.executor import OnCheckpoint
 from compute.jobs import OptimizerSpec, TrainingSpec
@@ -80,3 +82,32 @@ def train(
     weights, trace, faked = behaviour.train(spec, model, None, job_id=job_id, on_checkpoint=record)
     solver.checkpoints.seal(job_id, trace)
     return weights, trace, faked
+
+
+async def submit_private_training(net: Net, tmp_path: Path, steps: int, challenge_window_blocks: int) -> str:
+    """Post an SGD training job on a private dataset file (checkpoint every 4) through the
+    submitter agent, with the model registered first; its job id."""
+    model = Model.init(MLP, seed=0)
+    (tmp_path / "model.safetensors").write_bytes(model.weights)
+    (tmp_path / "data.safetensors").write_bytes(DATASET.generate().to_bytes())
+    submitter = net["submitter"]
+    await submitter.register_model(MLP, str(tmp_path / "model.safetensors"), 0)
+    view = await submitter.submitter.submit(
+        {
+            "model_hash": model.hash,
+            "kind": "training",
+            "bounty": BOUNTY,
+            "spec": {
+                "optimizer": {"name": "sgd", "lr": "1/10", "momentum": "9/10"},
+                "steps": steps,
+                "batch_size": 16,
+                "seed": 11,
+                "checkpoint_every": 4,
+            },
+            "dataset_path": str(tmp_path / "data.safetensors"),
+            "bid_window_blocks": 2,
+            "deadline_blocks": 200,
+            "challenge_window_blocks": challenge_window_blocks,
+        }
+    )
+    return str(view["job_id"])
