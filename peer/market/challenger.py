@@ -139,18 +139,21 @@ async def check_segment_from(
             claimed_state = (await fetch_checkpoint(market, m.job, hi)).state
         except CheckpointError as e:
             log.info("no claimed state for a tolerant check", job=m.job_id[:16], index=hi, error=str(e))
-    return await on_executor(
-        market,
-        check_segment,
-        m.spec,
-        m.model,
-        m.private,
-        start,
-        leaves[lo][0],
-        leaves[hi][0],
-        claimed_hash,
-        claimed_state,
-    )
+    return await _run_check(market, m, start, leaves[lo][0], leaves[hi][0], claimed_hash, claimed_state)
+
+
+async def _run_check(
+    market: MarketService,
+    m: Material,
+    start: bytes | None,
+    lo_step: int,
+    hi_step: int,
+    claimed_hash: str,
+    claimed_state: bytes | None,
+) -> SegmentCheck:
+    """Re-run steps lo_step..hi_step from `start` on the Executor and judge the solver's claim."""
+    args = (m.spec, m.model, m.private, start, lo_step, hi_step, claimed_hash, claimed_state)
+    return await on_executor(market, check_segment, *args)
 
 
 async def check_steps(
@@ -180,18 +183,7 @@ async def check_steps(
             claimed_state = await fetch_state(market, m.job, hi_step, claimed_hash, [m.job["solver"]])
         except CheckpointError as e:
             log.info("no claimed state for a tolerant check", job=m.job_id[:16], step=hi_step, error=str(e))
-    check = await on_executor(
-        market,
-        check_segment,
-        m.spec,
-        m.model,
-        m.private,
-        start,
-        lo_step,
-        hi_step,
-        claimed_hash,
-        claimed_state,
-    )
+    check = await _run_check(market, m, start, lo_step, hi_step, claimed_hash, claimed_state)
     return check, claimed_state
 
 
