@@ -48,14 +48,23 @@ def decode_weights(data: bytes, what: str = "weights") -> dict[str, torch.Tensor
         raise WeightsError(f"{what} are not valid safetensors: {type(e).__name__}: {e}") from e
 
 
+_warm_lock = threading.Lock()
+_warmed = False
+
+
 def warm_up() -> None:
     """Pay torch's one-time cost of initializing a tensor on the meta device (~1 s of CPU).
 
     Every model check builds its module on "meta", and the first normal_() there imports
-    torch's compiler stack. A daemon calls this once at start, in a worker thread, so that
-    second is not spent on the path of its first job.
+    torch's compiler stack. A daemon calls this once at start, before it uses torch in other
+    threads, so that second is not spent on the path of its first job. Callers in several
+    threads are serialized: torch's lazy imports fail when two threads run them at once.
     """
-    torch.nn.init.normal_(torch.empty(1, device="meta"))
+    global _warmed
+    with _warm_lock:
+        if not _warmed:
+            torch.nn.init.normal_(torch.empty(1, device="meta"))
+            _warmed = True
 
 
 def expected_tensors(spec: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

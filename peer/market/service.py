@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -140,6 +139,7 @@ class MarketService:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every market task until cancelled; `started()` once messages are being taken."""
         self._warn_test_behaviours()
+        await self._warm_up()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.watch.run)
             nursery.start_soon(self.solver.run)
@@ -148,9 +148,16 @@ class MarketService:
             for agent in (self.canaries, self.voter, self.challenger, self.referee, self.verifier):
                 nursery.start_soon(agent.run)
             nursery.start_soon(self._reannounce_models)
-            nursery.start_soon(partial(trio.to_thread.run_sync, warm_up, abandon_on_cancel=True))
             task_status.started()
             await self._owner()
+
+    async def _warm_up(self) -> None:
+        """compute.models.warm_up in a worker thread, before any agent can touch torch: torch's
+        lazy imports are not safe to run in two threads at once (a circular import then fails)."""
+        try:
+            await trio.to_thread.run_sync(warm_up, abandon_on_cancel=True)
+        except Exception as e:  # a slower first job, not a reason to stop the market
+            log.warning("torch warm-up failed", error=repr(e))
 
     def _warn_test_behaviours(self) -> None:
         if not self.solver.behaviour.honest:
