@@ -141,7 +141,7 @@ async def test_a_restarted_solver_defends_the_step_game_from_its_journal(tmp_pat
         job = verifier.ledger.job(job_id) or {}
         material = await gather(verifier, job)  # the challenger re-executes from this
         journaled = await net["solver"].solver.journaled(job_id)
-        assert journaled is not None and {"note", "input_blob", "result_blob"} <= set(journaled)
+        assert journaled is not None and {"note", "input_blob", "result_blob"} <= set(journaled[1])
         await net.stop("submitter")  # nobody announces the job any more
 
         dispute_id = await verifier.challenger.open(material, 4, "ff" * 32)  # a wrong claim

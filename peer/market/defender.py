@@ -54,7 +54,6 @@ from ledger.state import State
 from peer.market import wire
 from peer.market.challenger import on_executor
 from peer.market.errors import MarketError, TxFailed, Unavailable
-from peer.market.journal import note_from_json
 from peer.market.sealed import SealError, open_sealed
 
 if TYPE_CHECKING:
@@ -234,17 +233,12 @@ class Defender:
     async def _journaled_material(self, job: dict[str, Any]) -> JobMaterial | None:
         """The material named by the solver's journal record of the job, or None when the record
         does not name all of it (no record, a malformed one, or no sealed input blob)."""
-        job_id = job["job_id"]
-        entry = await self.market.solver.journaled(job_id)
-        if entry is None:
+        journaled = await self.market.solver.journaled(job["job_id"])
+        if journaled is None:
             return None
-        try:
-            note = note_from_json(entry.get("note"))
-        except wire.WireError as e:
-            log.warning("journaled job announcement is malformed", job=job_id[:16], error=str(e))
-            return None
+        note, entry = journaled
         input_blob = entry.get("input_blob")
-        if note.job_id != job_id or (note.private_input and not isinstance(input_blob, str)):
+        if note.private_input and not isinstance(input_blob, str):
             return None
         return await self._load_material(job, note, input_blob if note.private_input else None)
 

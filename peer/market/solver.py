@@ -409,12 +409,13 @@ class Solver:
             return None
         return note if note.job_id == job_id else None
 
-    async def journaled(self, job_id: str) -> Record | None:
-        """A copy of the journal record of a job this peer works on or solved (once the journal is
-        loaded), or None: what a restarted peer still knows of the job."""
+    async def journaled(self, job_id: str) -> tuple[wire.JobNote, Record] | None:
+        """The journaled announcement and a copy of the journal record of a job this peer works on
+        or solved (once the journal is loaded), or None (no record, or a malformed announcement):
+        what a restarted peer still knows of the job."""
         await self._journal_loaded.wait()
-        entry = self._journaled.get(job_id)
-        return dict(entry) if entry is not None else None
+        note = self._journaled_note(job_id)
+        return (note, dict(self._journaled[job_id])) if note is not None else None
 
     async def _journal(self, job_id: str, fields: Record) -> None:
         """Add fields to a job's record and write it (a failure is logged: the job goes on, only a
