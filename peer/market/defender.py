@@ -54,7 +54,7 @@ from ledger.state import State
 from peer.market import wire
 from peer.market.challenger import on_executor
 from peer.market.errors import MarketError, TxFailed, Unavailable
-from peer.market.sealed import SealError, open_sealed
+from peer.market.inputs import open_input
 
 if TYPE_CHECKING:
     from peer.market.service import MarketService
@@ -269,11 +269,7 @@ class Defender:
         model = await market.load_model(note.model_hash, note.model_blob, [job["submitter"]])
         private = None
         if input_blob is not None:
-            sealed = await market.fetch_blob(input_blob, [job["submitter"]])
-            try:
-                private = await market.in_thread(open_sealed, market.x25519, sealed, job_id.encode())
-            except SealError as e:
-                raise LookupError(f"the input of job {job_id} does not open: {e}") from None
+            private = await open_input(market, job_id, job["submitter"], input_blob, spec)
         return spec, model, private
 
 

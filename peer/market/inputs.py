@@ -219,6 +219,17 @@ async def fetch_input(service: MarketService, job: dict[str, Any]) -> bytes | No
     if not has_private_input(spec):
         return None
     blob = await request_input(service, job_id, submitter)
+    return await open_input(service, job_id, submitter, blob, spec)
+
+
+async def open_input(service: MarketService, job_id: str, submitter: str, blob: str, spec: JobSpec) -> bytes:
+    """The input sealed to us in `blob` (ours when kept, else fetched, the submitter first), opened
+    and checked against the input hash `spec` names.
+
+    Raises:
+        InputUnavailable: the blob cannot be fetched.
+        BadInput: the envelope does not open for us, or the input is not the one the spec names.
+    """
     try:
         sealed = await service.fetch_blob(blob, [submitter])
     except BlobError as e:

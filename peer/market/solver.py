@@ -74,9 +74,8 @@ from peer.market.behaviours import SolverBehaviour
 from peer.market.bundles import Result, inference_bundle, training_bundle
 from peer.market.checkpoints import CheckpointStore, prune
 from peer.market.errors import MarketError
-from peer.market.inputs import BadInput, InputUnavailable, check_input, request_input
+from peer.market.inputs import InputUnavailable, open_input, request_input
 from peer.market.journal import Journal, Record, note_from_json, note_to_json
-from peer.market.sealed import SealError, open_sealed
 
 if TYPE_CHECKING:
     from peer.market.service import MarketService
@@ -510,12 +509,7 @@ class Solver:
         if note.private_input:
             record.mark("waiting for input")
             blob = await self._input_blob(note)
-            sealed = await market.fetch_blob(blob, [note.submitter])
-            try:
-                private = await market.in_thread(open_sealed, market.x25519, sealed, note.job_id.encode())
-            except SealError as e:
-                raise BadInput(f"the input of job {note.job_id} does not open: {e}") from None
-            await market.in_thread(check_input, spec, private)
+            private = await open_input(market, note.job_id, note.submitter, blob, spec)
             await self._journal(note.job_id, {"input_blob": blob})  # a dispute reopens it
         record.mark("running")
         async with trio.open_nursery() as nursery:
