@@ -11,13 +11,15 @@ have the idle cluster's background load on them). Printed:
   wall time and in CPU time of the computing thread (the cost of running next to gossip,
   consensus and the API; CPU time is less sensitive to other load on the machine);
 - end-to-end ratio: submit -> result fetched and checked by the submitter / the direct run
-  (adds posting, the bid window, assignment, the commit and the result transfer; the
-  ledger's challenge window comes after and is reported separately);
+  (adds asking the solvers for quotes and posting the job awarded to the best one, or with
+  --bid-window N the N-block auction, then the commit and the result transfer; the training
+  job is not accepted early, its challenge window comes after);
 - an inference job's submit -> finalized latency minus its compute time, in seconds and in
-  block times (the mean block interval on the same chain), and its height span; most of it is
-  the ledger's challenge window, so submit -> result checked is printed too.
+  block times (the mean block interval on the same chain), and its height span: awarded at
+  post, committed, spot-checked and accepted by the submitter (or, with --no-accept, left to
+  the ledger's challenge window).
 
-    .venv/bin/python benchmarks/market_overhead.py [--seconds 30] [--bid-window 2] [--json]
+    .venv/bin/python benchmarks/market_overhead.py [--seconds 30] [--bid-window 0] [--no-accept] [--json]
 """
 
 from __future__ import annotations
@@ -126,7 +128,10 @@ def timeline(job: dict[str, Any]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="target wall time of the training job")
-    parser.add_argument("--bid-window", type=int, default=2, help="bid window of the market jobs, in blocks")
+    parser.add_argument(
+        "--bid-window", type=int, default=0, help="bid window of the market jobs in blocks (0: quotes)"
+    )
+    parser.add_argument("--no-accept", action="store_true", help="no early accept of the inference job")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args()
 
@@ -159,6 +164,7 @@ def main() -> None:
                 "bid_window_blocks": args.bid_window,
                 "inputs_path": str(root / "inputs.safetensors"),
                 "spec": {"batch_size": 16},
+                "accept": not args.no_accept,
             }
             infer = market_job(clients, infer_request, "finalized")
             interval = block_interval(clients[1])
@@ -193,7 +199,9 @@ def main() -> None:
         "inference_overhead_blocks": round(i_overhead / interval, 2),
         "inference_submit_to_verified_s": round(i_times["verified"] - infer["start"], 3),
         "inference_heights": i_view["closed_height"] - i_view["post_height"],
+        "inference_timeline_s": timeline(infer),
         "bid_window_blocks": args.bid_window,
+        "inference_accepted": i_view["submitted_here"]["accepted"],
         "challenge_window_blocks": i_view["challenge_window_blocks"],
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),

@@ -64,6 +64,8 @@ HANDLERS: dict[str, Handler] = {
     "job_bid": jobs.job_bid,
     "job_commit": jobs.job_commit,
     "job_cancel": jobs.job_cancel,
+    "job_award": jobs.job_award,
+    "job_accept": jobs.job_accept,
     "dispute_open": disputes.dispute_open,
     "dispute_bisect": disputes.dispute_bisect,
     "dispute_respond": disputes.dispute_respond,

@@ -375,6 +375,30 @@ class NotSubmitter(LedgerError):
         self.job_id, self.submitter, self.address = job_id, submitter, address
 
 
+class BadQuote(LedgerError):
+    code = "bad_quote"
+
+    def __init__(self, solver: str) -> None:
+        super().__init__(f"the quote's signature does not match solver {solver} for these terms")
+        self.solver = solver
+
+
+class DuplicateJob(LedgerError):
+    code = "duplicate_job"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} exists already (a job_award's salt must be fresh)")
+        self.job_id = job_id
+
+
+class QuoteExpired(LedgerError):
+    code = "quote_expired"
+
+    def __init__(self, expires: int, height: int) -> None:
+        super().__init__(f"the quote expired at height {expires}, current height is {height}")
+        self.expires, self.height = expires, height
+
+
 class InvalidDispute(LedgerError):
     """A dispute outcome the ledger cannot apply (bad jackpot share, challenger is the solver)."""
 

@@ -1,5 +1,6 @@
-"""Job lifecycle: the job_post / job_bid / job_commit / job_cancel handlers, the end_block timers
-(winner choice, missed deadlines, finalization), the dispute hook and the job queries.
+"""Job lifecycle: the job_post / job_award / job_bid / job_commit / job_accept / job_cancel handlers,
+the end_block timers (winner choice, missed deadlines, finalization), the dispute hook and the job
+queries.
 
 Job id: `job_id_for(chain id, submitter, tx nonce)`, the hex sha256 of a domain tag and the
 canonical msgpack [chain, submitter, nonce]. The submitter knows it before its tx is included
@@ -10,6 +11,16 @@ A job's life (H = the height of the block in which the step happens):
   registered; bid_window_blocks and deadline_blocks in [1, max_job_window_blocks];
   challenge_window_blocks in [min_challenge_window_blocks, max_job_window_blocks]. Bids close
   at H + bid_window_blocks (bids in that block still count).
+- job_award at H (ledger.quotes): a job_post without a bid window that carries a solver's
+  signed quote and assigns the job to that solver at once. Its job id is
+  `award_job_id(chain id, submitter, job_salt)` (the quote signs it before the tx has a nonce;
+  a salt used before is refused: DuplicateJob); its `canary` commitment, unless "", is sealed
+  with it (ledger.canary). Same model and window checks
+  (deadline, challenge window); the quote must verify for the job id, spec_hash,
+  deadline_blocks, price, bond and encryption_key of the tx and H <= quote_expires; the solver
+  must pass what a job_bid checks (registered, not the submitter, price, bond, requirements).
+  The bounty and the solver's bond are locked; "assigned" with bid_window_blocks 0 (bids_close
+  = H), deadline = H + deadline_blocks. From there it is a job like any assigned one.
 - job_bid while open: the sender is registered as "solver" and is not the submitter; price <=
   bounty and <= requirements.max_price; bond >= payout.min_bond(price); solver reputation >=
   requirements.min_reputation; stake (bonded + bond) >= requirements.min_stake; at most
@@ -24,6 +35,8 @@ A job's life (H = the height of the block in which the step happens):
 - job_commit by the assigned solver while assigned (so at a height <= deadline): output hash,
   trace root, result size; "committed"; the challenge window ends at H + challenge_window_blocks.
 - end_block of the deadline, still "assigned": payout.pay_missed, "missed".
+- job_accept by the submitter while "committed": finalized at once, exactly as at the end of
+  the challenge window (the submitter gives up its own challenge time).
 - end_block of the challenge end, still "committed": payout.pay_finalized, "finalized".
 - Dispute hook for the dispute game (no tx calls it yet): `open_dispute` while "committed" makes
   the job "disputed", which has no timer, so nothing finalizes it; `resolve_dispute` then either
@@ -41,7 +54,7 @@ Timers: `state.job_timers` holds (due height, job id) -> status for every job th
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from typing import Any
 
@@ -50,15 +63,18 @@ from ledger import audits
 from ledger.accounts import credit, debit
 from ledger.errors import (
     AlreadyCommitted,
+    BadQuote,
     BidWindowClosed,
     BondTooLow,
     DeadlinePassed,
+    DuplicateJob,
     InvalidDispute,
     InvalidTx,
     NotAssignedSolver,
     NotRegistered,
     NotSubmitter,
     PriceTooHigh,
+    QuoteExpired,
     RequirementNotMet,
     SelfDealing,
     TooManyBids,
@@ -69,15 +85,24 @@ from ledger.errors import (
 )
 from ledger.params import BPS
 from ledger.payout import bid_score, min_bond, pay_finalized, pay_missed, pay_reversed, rate, reputation_of
+from ledger.quotes import Quote
+from ledger.records_disputes import Audit
 from ledger.state import TIMED_STATUSES, Bid, Job, Journal, State
 from ledger.tx import Tx, check_address
 
 JOB_DOMAIN = b"hivemesh/job/v1\x00"
+AWARD_DOMAIN = b"hivemesh/job-award/v1\x00"
 
 
 def job_id_for(chain_id: str, submitter: str, nonce: int) -> str:
     """The id of the job posted by `submitter`'s tx with `nonce` on `chain_id`."""
     return hashlib.sha256(JOB_DOMAIN + packb([chain_id, submitter, nonce])).hexdigest()
+
+
+def award_job_id(chain_id: str, submitter: str, salt: bytes) -> str:
+    """The id of the job `submitter` awards with `salt` on `chain_id` (job_award): known before the
+    tx is signed, so solvers can quote on it whatever nonce the tx ends up with."""
+    return hashlib.sha256(AWARD_DOMAIN + packb([chain_id, submitter, salt])).hexdigest()
 
 
 def _job(j: Journal, job_id: str) -> Job:
@@ -109,16 +134,30 @@ def _stake_of(state: State, address: str) -> int:
     return own + sum(amount for (d, _), amount in state.delegations.items() if d == address)
 
 
+def unmet_requirement(
+    state: State, requirements: Mapping[str, int], solver: str, bond: int
+) -> RequirementNotMet | None:
+    """The first of a job's `requirements` (min_reputation, min_stake) that `solver`, putting up
+    `bond`, fails in `state`, else None. What a bid, an award and the winner choice check."""
+    rep = reputation_of(state, solver, "solver")
+    if rep < requirements.get("min_reputation", 0):
+        return RequirementNotMet("solver reputation", requirements["min_reputation"], rep)
+    stake = _stake_of(state, solver) + bond
+    if stake < requirements.get("min_stake", 0):
+        return RequirementNotMet("stake (bonded + bond)", requirements["min_stake"], stake)
+    return None
+
+
 def _unmet(state: State, job: Job, solver: str, bond: int) -> RequirementNotMet | None:
     """The first requirement of `job` that `solver` (bidding with `bond`) fails, else None."""
-    reqs = dict(job.requirements)
-    rep = reputation_of(state, solver, "solver")
-    if rep < reqs.get("min_reputation", 0):
-        return RequirementNotMet("solver reputation", reqs["min_reputation"], rep)
+    return unmet_requirement(state, dict(job.requirements), solver, bond)
+
+
+def offer_score(state: State, bounty: int, solver: str, price: int, bond: int) -> int:
+    """payout.bid_score of `solver` offering `price` with `bond` for a job of `bounty`, with its
+    reputation and stake (bonded + bond) as they are in `state`. Requires 0 < price <= bounty."""
     stake = _stake_of(state, solver) + bond
-    if stake < reqs.get("min_stake", 0):
-        return RequirementNotMet("stake (bonded + bond)", reqs["min_stake"], stake)
-    return None
+    return bid_score(state.params, bounty, price, reputation_of(state, solver, "solver"), stake)
 
 
 def _check_window(name: str, value: int, lo: int, hi: int) -> None:
@@ -134,33 +173,97 @@ def _bids_of(state: State, job_id: str) -> list[tuple[str, Bid]]:
 # ---- tx handlers ----------------------------------------------------------------------------
 
 
-def job_post(j: Journal, tx: Tx, sender: str) -> None:
+def _posted(j: Journal, tx: Tx, sender: str, job_id: str) -> Job:
+    """The "open" job `job_id` that a job_post or job_award body describes, after the checks both
+    share: the model is registered, the windows are in range (a job_award has no bid window)."""
     b, s = tx.body, j.state
     p = s.params
     if b["model_hash"] not in s.models:
         raise UnknownModel(b["model_hash"])
-    _check_window("bid_window_blocks", b["bid_window_blocks"], 1, p.max_job_window_blocks)
+    bid_window = b.get("bid_window_blocks", 0)
+    if "bid_window_blocks" in b:
+        _check_window("bid_window_blocks", bid_window, 1, p.max_job_window_blocks)
     _check_window("deadline_blocks", b["deadline_blocks"], 1, p.max_job_window_blocks)
     lo = p.min_challenge_window_blocks
     _check_window("challenge_window_blocks", b["challenge_window_blocks"], lo, p.max_job_window_blocks)
-    debit(j, sender, b["bounty"])
-    job_id = job_id_for(tx.chain_id, sender, tx.nonce)
-    assert job_id not in s.jobs, job_id
-    job = Job(
+    if job_id in s.jobs:
+        raise DuplicateJob(job_id)
+    return Job(
         submitter=sender,
         spec_hash=b["spec_hash"],
         model_hash=b["model_hash"],
         kind=b["kind"],
         bounty=b["bounty"],
         requirements=tuple(sorted(b["requirements"].items())),
-        bid_window_blocks=b["bid_window_blocks"],
+        bid_window_blocks=bid_window,
         deadline_blocks=b["deadline_blocks"],
         challenge_window_blocks=b["challenge_window_blocks"],
         post_height=s.height,
         status="open",
-        due_height=s.height + b["bid_window_blocks"],
+        due_height=s.height + bid_window,
     )
+
+
+def _check_solver(state: State, job_id: str, job: Job, solver: str, price: int, bond: int) -> None:
+    """What a bid (or a quote) by `solver` at `price` with `bond` must pass for `job`."""
+    if solver == job.submitter:
+        raise SelfDealing(job_id, solver)
+    acct = state.accounts.get(solver)
+    if acct is None or not acct.has_role("solver"):
+        raise NotRegistered(solver, "solver")
+    if price > job.bounty:
+        raise PriceTooHigh(job.bounty, price)
+    max_price = dict(job.requirements).get("max_price")
+    if max_price is not None and price > max_price:
+        raise PriceTooHigh(max_price, price, "max_price")
+    minimum = min_bond(price, state.params.min_solver_bond_bps)
+    if bond < minimum:
+        raise BondTooLow(minimum, bond)
+
+
+def _assigned(state: State, job: Job, solver: str, price: int, bond: int, encryption_key: bytes) -> Job:
+    """`job` assigned to `solver` at this height (by a bid window's winner or by an award)."""
+    return replace(
+        job,
+        status="assigned",
+        solver=solver,
+        price=price,
+        bond=bond,
+        encryption_key=encryption_key,
+        assigned_height=state.height,
+        due_height=state.height + job.deadline_blocks,
+    )
+
+
+def job_post(j: Journal, tx: Tx, sender: str) -> None:
+    job_id = job_id_for(tx.chain_id, sender, tx.nonce)  # unique: an (address, nonce) is admitted once
+    job = _posted(j, tx, sender, job_id)
+    debit(j, sender, job.bounty)
     _put(j, job_id, job)
+
+
+def job_award(j: Journal, tx: Tx, sender: str) -> None:
+    b, s = tx.body, j.state
+    solver, price, bond = b["solver"], b["price"], b["bond"]
+    job_id = award_job_id(tx.chain_id, sender, b["job_salt"])
+    job = _posted(j, tx, sender, job_id)
+    quote = Quote(
+        job_id, b["spec_hash"], b["deadline_blocks"], price, bond, b["encryption_key"], b["quote_expires"]
+    )
+    if not quote.signed_by(solver, b["quote_sig"], tx.chain_id):
+        raise BadQuote(solver)
+    if s.height > quote.expires:
+        raise QuoteExpired(quote.expires, s.height)
+    _check_solver(s, job_id, job, solver, price, bond)
+    problem = _unmet(s, job, solver, bond)
+    if problem is not None:
+        raise problem
+    debit(j, sender, job.bounty)
+    if bond:
+        debit(j, solver, bond)
+    _put(j, job_id, _assigned(s, job, solver, price, bond, b["encryption_key"]))
+    if b["canary"]:  # sealed with the post: on the ledger before the solver can have a result
+        j.put("audits", job_id, Audit(canary=b["canary"]))
 
 
 def job_bid(j: Journal, tx: Tx, sender: str) -> None:
@@ -172,19 +275,7 @@ def job_bid(j: Journal, tx: Tx, sender: str) -> None:
         if s.height > closes:
             raise BidWindowClosed(job_id, closes, s.height)
         raise WrongJobStatus(job_id, job.status, "open")
-    if sender == job.submitter:
-        raise SelfDealing(job_id, sender)
-    acct = s.accounts.get(sender)
-    if acct is None or not acct.has_role("solver"):
-        raise NotRegistered(sender, "solver")
-    if price > job.bounty:
-        raise PriceTooHigh(job.bounty, price)
-    max_price = dict(job.requirements).get("max_price")
-    if max_price is not None and price > max_price:
-        raise PriceTooHigh(max_price, price, "max_price")
-    minimum = min_bond(price, s.params.min_solver_bond_bps)
-    if bond < minimum:
-        raise BondTooLow(minimum, bond)
+    _check_solver(s, job_id, job, sender, price, bond)
     key = (job_id, sender)
     old = s.bids.get(key)
     if old is None and len(_bids_of(s, job_id)) >= s.params.max_bids_per_job:
@@ -241,12 +332,21 @@ def job_cancel(j: Journal, tx: Tx, sender: str) -> None:
     audits.settle_job(j, job_id, None)  # drops a canary sealed while open
 
 
+def job_accept(j: Journal, tx: Tx, sender: str) -> None:
+    job_id = tx.body["job_id"]
+    job = _job(j, job_id)
+    if sender != job.submitter:
+        raise NotSubmitter(job_id, job.submitter, sender)
+    if job.status != "committed":
+        raise WrongJobStatus(job_id, job.status, "committed (inside its challenge window)")
+    _finalize(j, job_id, job)
+
+
 # ---- end_block ------------------------------------------------------------------------------
 
 
 def _score(state: State, job: Job, solver: str, bid: Bid) -> int:
-    stake = _stake_of(state, solver) + bid.bond
-    return bid_score(state.params, job.bounty, bid.price, reputation_of(state, solver, "solver"), stake)
+    return offer_score(state, job.bounty, solver, bid.price, bid.bond)
 
 
 def _choose_winner(j: Journal, job_id: str, job: Job) -> None:
@@ -267,17 +367,14 @@ def _choose_winner(j: Journal, job_id: str, job: Job) -> None:
         audits.settle_job(j, job_id, None)  # drops a canary sealed while open
         return
     won = dict(bids)[winner]
-    assigned = replace(
-        job,
-        status="assigned",
-        solver=winner,
-        price=won.price,
-        bond=won.bond,
-        encryption_key=won.encryption_key,
-        assigned_height=s.height,
-        due_height=s.height + job.deadline_blocks,
-    )
-    _put(j, job_id, assigned)
+    _put(j, job_id, _assigned(s, job, winner, won.price, won.bond, won.encryption_key))
+
+
+def _finalize(j: Journal, job_id: str, job: Job) -> None:
+    """A committed job whose result stands unchallenged (challenge end, or job_accept): pay it out."""
+    pay_finalized(j, job)
+    _close(j, job_id, job, "finalized")
+    audits.settle_job(j, job_id, None)
 
 
 def process_due(j: Journal) -> list[str]:
@@ -293,9 +390,7 @@ def process_due(j: Journal) -> list[str]:
             audits.settle_job(j, job_id, None)
         else:
             assert job.status == "committed", (job_id, job.status)
-            pay_finalized(j, job)
-            _close(j, job_id, job, "finalized")
-            audits.settle_job(j, job_id, None)
+            _finalize(j, job_id, job)
     return [job_id for _, job_id in due]
 
 

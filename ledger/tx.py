@@ -96,6 +96,7 @@ def check_param_changes(value: Any) -> None:
 
 # ---- market fields (ledger.models, ledger.jobs) ----
 JOB_KINDS = ("inference", "training")
+MIN_JOB_SALT_BYTES, MAX_JOB_SALT_BYTES = 16, 32
 JOB_REQUIREMENTS = ("max_price", "min_reputation", "min_stake")
 MAX_ARCH_LEN = 32
 _HEX = frozenset("0123456789abcdef")
@@ -121,6 +122,22 @@ def check_job_kind(value: Any) -> None:
 def check_x25519_key(value: Any) -> None:
     if not isinstance(value, bytes) or len(value) != 32:
         raise InvalidTx("encryption_key must be a 32-byte X25519 public key")
+
+
+def check_signature(value: Any) -> None:
+    if not isinstance(value, bytes) or len(value) != 64:
+        raise InvalidTx("quote_sig must be a 64-byte Ed25519 signature")
+
+
+def check_job_salt(value: Any) -> None:
+    if not isinstance(value, bytes) or not MIN_JOB_SALT_BYTES <= len(value) <= MAX_JOB_SALT_BYTES:
+        raise InvalidTx(f"job_salt must be {MIN_JOB_SALT_BYTES}..{MAX_JOB_SALT_BYTES} bytes")
+
+
+def check_canary(value: Any) -> None:
+    """A canary commitment (hex sha256) sealed with the job, or "" for none."""
+    if value != "":
+        check_hash_hex(value)
 
 
 def check_requirements(value: Any) -> None:
@@ -213,6 +230,23 @@ BODY_SCHEMAS: dict[str, dict[str, FieldCheck]] = {
         "challenge_window_blocks": check_uint,
         "requirements": check_requirements,
     },
+    "job_award": {
+        "spec_hash": check_hash_hex,
+        "model_hash": check_hash_hex,
+        "kind": check_job_kind,
+        "bounty": check_amount,
+        "deadline_blocks": check_uint,
+        "challenge_window_blocks": check_uint,
+        "requirements": check_requirements,
+        "solver": check_address,
+        "price": check_amount,
+        "bond": check_uint,
+        "encryption_key": check_x25519_key,
+        "quote_expires": check_uint,
+        "quote_sig": check_signature,
+        "job_salt": check_job_salt,
+        "canary": check_canary,
+    },
     "job_bid": {
         "job_id": check_hash_hex,
         "price": check_amount,
@@ -226,6 +260,7 @@ BODY_SCHEMAS: dict[str, dict[str, FieldCheck]] = {
         "result_size": check_uint,
     },
     "job_cancel": {"job_id": check_hash_hex},
+    "job_accept": {"job_id": check_hash_hex},
     "dispute_open": {"job_id": check_hash_hex, "bond": check_amount, "claim": check_dispute_claim},
     "dispute_bisect": {
         "dispute_id": check_hash_hex,

@@ -272,7 +272,18 @@ def job_submit(
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", min=1)] = None,
     mode: Annotated[str, typer.Option("--mode", help="strict (bitwise) or tolerant.")] = "strict",
     bid_window: Annotated[
-        int | None, typer.Option("--bid-window", min=1, help="Blocks bids stay open.")
+        int | None,
+        typer.Option(
+            "--bid-window", min=0, help="Blocks bids stay open; 0: award it at once to the best solver quote."
+        ),
+    ] = None,
+    accept: Annotated[
+        bool | None,
+        typer.Option(
+            "--accept/--no-accept",
+            help="Spot-check the result yourself and accept it, finalizing at once "
+            "(default: inference jobs only).",
+        ),
     ] = None,
     deadline: Annotated[int | None, typer.Option("--deadline", min=1, help="Blocks to deliver.")] = None,
     challenge_window: Annotated[int | None, typer.Option("--challenge-window", min=1)] = None,
@@ -305,6 +316,8 @@ def job_submit(
         },
         requirements={"max_price": max_price, "min_reputation": min_reputation, "min_stake": min_stake},
     )
+    if accept is not None:
+        request["accept"] = accept
     with _client(ctx, api) as client:
         posted = client.post_json("/market/jobs", request)
         job_id = posted["job_id"]

@@ -69,6 +69,7 @@ class Peer:
     scope: trio.CancelScope | None = None
     stopped: trio.Event | None = None
     deaf_to: set[str] = field(default_factory=set)  # envelope kinds its market never hears (gossip lost)
+    policy: SolverPolicy = field(default_factory=lambda: SolverPolicy(enabled=False))  # no bids or quotes
 
     async def start(self) -> None:
         await self.nursery.start(self._run_market)
@@ -93,7 +94,7 @@ class Peer:
             gossip=self.gossip,
             ledger=self.ledger,
             data_dir=self.home / "data",
-            policy=SolverPolicy(enabled=False),
+            policy=self.policy,
             own_addrs=self.transport.listen_addrs,
         )
         self.stopped = trio.Event()
@@ -134,7 +135,12 @@ class Net:
 
 
 async def _peer(
-    net: MemoryNetwork, identity: Identity, home: Path, others: list[str], task_status: Any
+    net: MemoryNetwork,
+    identity: Identity,
+    home: Path,
+    others: list[str],
+    policy: SolverPolicy,
+    task_status: Any,
 ) -> None:
     store = LedgerStore(home / "ledger.sqlite")
     try:
@@ -159,7 +165,7 @@ async def _peer(
             await nursery.start(gossip.serve)
             await nursery.start(node.serve)
             ledger = LedgerService(node, store, identity, GENESIS)
-            peer = Peer(identity, transport, gossip, ledger, home, nursery)
+            peer = Peer(identity, transport, gossip, ledger, home, nursery, policy=policy)
             await peer.start()
 
             async def forward() -> None:
@@ -173,14 +179,16 @@ async def _peer(
 
 
 @asynccontextmanager
-async def market_net(root: Path) -> AsyncIterator[Net]:
+async def market_net(root: Path, policies: dict[str, SolverPolicy] | None = None) -> AsyncIterator[Net]:
+    """The network; `policies` enables the solver agent of the peers it names (off by default)."""
     memory = MemoryNetwork(seed=11)
     peers: dict[str, Peer] = {}
     addrs: list[str] = []
     async with trio.open_nursery() as nursery:
         for name in NAMES:
             (root / name).mkdir()
-            peer, addr = await nursery.start(_peer, memory, IDS[name], root / name, list(addrs))
+            policy = (policies or {}).get(name, SolverPolicy(enabled=False))
+            peer, addr = await nursery.start(_peer, memory, IDS[name], root / name, list(addrs), policy)
             peers[name] = peer
             addrs.append(addr)
         net = Net(peers)

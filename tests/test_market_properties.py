@@ -21,9 +21,10 @@ from gossip.identity import Identity
 from ledger.apply import apply_block, begin_block, deliver_tx, end_block
 from ledger.errors import LedgerError
 from ledger.genesis import Genesis, genesis_state
-from ledger.jobs import open_dispute, resolve_dispute
+from ledger.jobs import award_job_id, open_dispute, resolve_dispute
 from ledger.params import Params
 from ledger.payout import min_bond
+from ledger.quotes import Quote
 from ledger.state import FINAL_STATUSES, State, app_hash, check_invariants, decode_state, encode_state
 from ledger.tx import SignedTx, sign_tx
 
@@ -60,8 +61,8 @@ GENESIS = Genesis.from_dict(
     }
 )
 REQUIREMENTS = [{}, {}, {"max_price": 900}, {"min_reputation": 4_800}, {"min_stake": 2_000}]
-KINDS = ["job_post"] * 3 + ["job_bid"] * 4 + ["job_commit"] * 3
-KINDS += ["job_cancel", "model_register", "model_transfer", "transfer"]
+KINDS = ["job_post"] * 3 + ["job_bid"] * 4 + ["job_commit"] * 3 + ["job_award"] * 2
+KINDS += ["job_cancel", "job_accept", "model_register", "model_transfer", "transfer"]
 
 
 @dataclass(frozen=True)
@@ -111,27 +112,67 @@ def _model(op: Op) -> str:
     return MODELS[2 + op.pick % 2 if op.pick % 6 == 5 else op.pick % 2]
 
 
-def aimed(state: State, op: Op) -> tuple[int, dict]:
-    """(sender, body) for `op`: most ops come from the party that can send them and are valid-ish."""
+def _post_body(op: Op) -> dict:
+    return {
+        "spec_hash": hashlib.sha256(b"spec-%d" % op.pick).hexdigest(),
+        "model_hash": _model(op),
+        "kind": ("inference", "training")[op.extra % 2],
+        "bounty": op.amount // (1 + op.extra % 20) + 1,
+        "bid_window_blocks": 0 if op.extra % 13 == 12 else 1 + op.extra % 4,
+        "deadline_blocks": 1 + op.pick % 4,
+        "challenge_window_blocks": 1 + op.extra % 4 + (op.pick == 30),
+        "requirements": REQUIREMENTS[op.pick % len(REQUIREMENTS)],
+    }
+
+
+def _price_and_bond(op: Op, bounty: int) -> tuple[int, int]:
+    """A price around the bounty (sometimes above it) and a bond around the minimum (sometimes below)."""
+    price = max(1, bounty * (1 + op.extra % 11) // 10)
+    least = min_bond(price, PARAMS.min_solver_bond_bps)
+    return price, max(0, least - 1) if op.pick % 5 == 4 else least + op.pick % 5
+
+
+def _award_body(state: State, op: Op, sender: int, nonce: int, aim: bool) -> dict:
+    """A job_award from `sender` (whose tx carries `nonce`) with a quote that is mostly valid:
+    sometimes signed by the wrong key, changed after signing, expired, or for an unfit solver."""
+    body = {k: v for k, v in _post_body(op).items() if k != "bid_window_blocks"}
+    solver = SOLVERS[op.pick % len(SOLVERS)] if aim else op.pick % N
+    price, bond = _price_and_bond(op, body["bounty"])
+    if op.amount % 17 == 16:
+        bond = 20_000 + op.amount  # more than the solver has
+    height = state.height + 1  # the block this tx goes into
+    body |= {
+        "solver": A[solver],
+        "price": price,
+        "bond": bond,
+        "encryption_key": KEY,
+        "quote_expires": height - 1 if op.amount % 11 == 10 else height + op.amount % 3,
+    }
+    quoted = ("spec_hash", "deadline_blocks", "price", "bond", "encryption_key", "quote_expires")
+    body |= {"job_salt": hashlib.sha256(b"%d/%d" % (sender, nonce)).digest()[:16], "canary": ""}
+    if op.amount % 23 == 22:
+        body["canary"] = hashlib.sha256(b"canary").hexdigest()
+    quote = Quote(award_job_id(CHAIN, A[sender], body["job_salt"]), *(body[k] for k in quoted))
+    signer = solver if op.amount % 13 != 12 else (solver + 1) % N
+    body["quote_sig"] = quote.sign(IDS[signer], CHAIN)
+    if op.amount % 19 == 18:
+        body["price"] += 1  # changed after signing
+    return body
+
+
+def aimed(state: State, op: Op, nonces: dict[str, int]) -> tuple[int, dict]:
+    """(sender, body) for `op`: most ops come from the party that can send them and are valid-ish.
+
+    nonces: the nonce each sender's next tx will carry (a job_award's quote signs its job id)."""
     sender, aim = op.sender, op.extra % 4 != 3
     if op.kind == "job_post":
-        body = {
-            "spec_hash": hashlib.sha256(b"spec-%d" % op.pick).hexdigest(),
-            "model_hash": _model(op),
-            "kind": ("inference", "training")[op.extra % 2],
-            "bounty": op.amount // (1 + op.extra % 20) + 1,
-            "bid_window_blocks": 0 if op.extra % 13 == 12 else 1 + op.extra % 4,
-            "deadline_blocks": 1 + op.pick % 4,
-            "challenge_window_blocks": 1 + op.extra % 4 + (op.pick == 30),
-            "requirements": REQUIREMENTS[op.pick % len(REQUIREMENTS)],
-        }
-        return sender, body
+        return sender, _post_body(op)
+    if op.kind == "job_award":
+        return sender, _award_body(state, op, sender, nonces[A[sender]], aim)
     if op.kind == "job_bid":
         job_id = _pick_job(state, op, "open")
         bounty = state.jobs[job_id].bounty if job_id in state.jobs else 1_000
-        price = max(1, bounty * (1 + op.extra % 11) // 10)
-        least = min_bond(price, PARAMS.min_solver_bond_bps)
-        bond = max(0, least - 1) if op.pick % 5 == 4 else least + op.pick % 5
+        price, bond = _price_and_bond(op, bounty)
         sender = SOLVERS[op.sender % len(SOLVERS)] if aim else sender
         return sender, {"job_id": job_id, "price": price, "bond": bond, "encryption_key": KEY}
     if op.kind == "job_commit":
@@ -145,6 +186,11 @@ def aimed(state: State, op: Op) -> tuple[int, dict]:
             "trace_root": digest,
             "result_size": op.amount,
         }
+    if op.kind == "job_accept":
+        job_id = _pick_job(state, op, "committed")
+        if job_id in state.jobs and aim:
+            sender = A.index(state.jobs[job_id].submitter)
+        return sender, {"job_id": job_id}
     if op.kind == "job_cancel":
         job_id = _pick_job(state, op, "open")
         if job_id in state.jobs and aim:
@@ -164,7 +210,7 @@ def build_txs(state: State, block_ops: list[Op]) -> list[SignedTx]:
     guess = {a: acct.nonce for a, acct in state.accounts.items()}
     txs = []
     for op in block_ops:
-        sender, body = aimed(state, op)
+        sender, body = aimed(state, op, guess)
         nonce = guess[A[sender]]
         guess[A[sender]] = nonce + 1
         txs.append(sign_tx(IDS[sender], op.kind, body, nonce=nonce, fee=1 + op.pick % 2, chain_id=CHAIN))

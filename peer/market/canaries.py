@@ -203,6 +203,24 @@ class CanaryAgent:
         finally:
             self._sealing.pop(job_id).set()
 
+    async def prepare(self, job_id: str, spec_hash: str) -> str:
+        """The commitment of a new canary for a job about to be awarded at post time: the job_award
+        tx carries it (quotes.py), so the canary is on the ledger before the solver can start."""
+        if job_id not in self.canaries:
+            self.canaries[job_id] = make_canary(job_id, self.answers.get(spec_hash))
+            await self._save()  # the secret is on disk before the commitment is sent
+        return self.canaries[job_id].commitment
+
+    def discard(self, job_id: str) -> None:
+        """Forget the canary prepared for a job that was never posted."""
+        if self.canaries.pop(job_id, None) is not None:
+            self._dirty = True
+
+    def is_real(self, job_id: str) -> bool:
+        """Whether we sealed a real canary on the job (its submitter then waits for the reveal)."""
+        canary = self.canaries.get(job_id)
+        return canary is not None and canary.real
+
     async def _seal(self, job_id: str, spec_hash: str) -> None:
         canary = make_canary(job_id, self.answers.get(spec_hash))
         self.canaries[job_id] = canary

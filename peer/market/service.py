@@ -46,7 +46,7 @@ from gossip.node import GossipNode
 from gossip.topics import TOPIC_TASKS
 from gossip.transport import Transport
 from peer.ledger_service import LedgerService
-from peer.market import checkpoints, inputs, wire
+from peer.market import checkpoints, inputs, quotes, wire
 from peer.market.behaviours import VerifierBehaviour
 from peer.market.book import Book
 from peer.market.bundles import open_model_bundle
@@ -135,6 +135,7 @@ class MarketService:
             checkpoints.PROTOCOL, checkpoints.make_handler(self), max_request=checkpoints.MAX_REQUEST
         )
         gossip.rpc.set_handler(inputs.PROTOCOL, inputs.make_handler(self), max_request=inputs.MAX_REQUEST)
+        gossip.rpc.set_handler(quotes.PROTOCOL, quotes.make_handler(self), max_request=quotes.MAX_REQUEST)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every market task until cancelled; `started()` once messages are being taken."""

@@ -14,6 +14,13 @@ public key. Before bidding we fetch the spec blob and check it is the spec the l
 a submitter briefly unreachable (restarting) is asked again with backoff, at most
 SPEC_FETCH_ATTEMPTS times and only while the job is open and its bid window has not closed.
 
+Quotes (quotes.py): a submitter that wants no bid window asks us for a signed quote before it
+posts. `quote` decides like bidding (policy, role, price, the spec fetched and checked against
+the request, the bond within our balance) and the actor task takes the quote only while the jobs
+we run plus our live quotes stay under `max_jobs` (a quote binds us: the job may be awarded
+to us without another word). A quote lives until its expiry height; the job it wins is worked
+on like any job assigned to us.
+
 Work (a job assigned to us, seen in a committed state): fetch the model (checked against its
 hash) and, when the job has a private input, get the input the submitter sealed to us (its
 gossiped note or, when that does not come, by asking it: inputs.py), open it and check it
@@ -68,6 +75,7 @@ from gossip.blobs import BlobError
 from ledger.jobs import jobs_by_status
 from ledger.params import BPS
 from ledger.payout import min_bond
+from ledger.quotes import Quote
 from ledger.state import State
 from peer.market import wire
 from peer.market.behaviours import SolverBehaviour
@@ -76,6 +84,7 @@ from peer.market.checkpoints import CheckpointStore, prune
 from peer.market.errors import MarketError
 from peer.market.inputs import InputUnavailable, open_input, request_input
 from peer.market.journal import Journal, Record, note_from_json, note_to_json
+from peer.market.quotes import QUOTE_BLOCKS, Refused
 
 if TYPE_CHECKING:
     from peer.market.service import MarketService
@@ -154,6 +163,17 @@ class _BidOutcome:
 
 
 @dataclass(frozen=True)
+class _Quoting:
+    """A quote we are about to sign; the actor replies "" to take it, else why not."""
+
+    note: wire.JobNote
+    price: int
+    bond: int
+    expires: int
+    reply: trio.MemorySendChannel[str]
+
+
+@dataclass(frozen=True)
 class _Height:
     state: State
 
@@ -189,6 +209,7 @@ class Solver:
         self._journal_loaded = trio.Event()
         self._forgetting: set[str] = set()
         self._unservable: set[str] = set()  # journaled results that could not be served again
+        self._quotes: dict[str, tuple[wire.JobNote, int]] = {}  # job id -> (note, expiry), owned by `run`
         self._send, self._inbox = trio.open_memory_channel[object](INBOX_SIZE)
 
     def notify(self, note: wire.JobNote) -> None:
@@ -220,6 +241,8 @@ class Solver:
                 match event:
                     case wire.JobNote():
                         self._consider(event, nursery)
+                    case _Quoting():
+                        event.reply.send_nowait(self._take_quote(event, nursery))
                     case _BidOutcome():
                         self._bid_done(event)
                     case _Height(state=state):
@@ -253,7 +276,7 @@ class Solver:
                 )
                 self._warned_unregistered = True
             return
-        if len(self._working) >= self.policy.max_jobs:
+        if self._busy() >= self.policy.max_jobs:
             log.info("not bidding: at capacity", job=note.job_id[:16], working=len(self._working))
             return
         price = self.policy.price(note.bounty, note.requirements.get("max_price"))
@@ -262,6 +285,80 @@ class Solver:
             return
         self.records[note.job_id] = WorkRecord(note.job_id, times={"bidding": time.time()})
         nursery.start_soon(self._bid, note, price)
+
+    # ---- quoting (quotes.py) ------------------------------------------------------------------
+
+    async def quote(self, note: wire.JobNote, deadline_blocks: int) -> tuple[Quote, bytes]:
+        """Our signed quote for a job about to be posted (the quote protocol's handler calls it).
+
+        Raises Refused, with the reason, when we would not bid on it.
+        """
+        market = self.market
+        if not self.policy.enabled:
+            raise Refused("this peer does not take jobs")
+        if note.submitter == market.ledger.address:
+            raise Refused("a solver does not quote on its own jobs")
+        if not market.ledger.has_role("solver"):
+            raise Refused("this peer is not registered as a solver")
+        price = self.policy.price(note.bounty, note.requirements.get("max_price"))
+        if price is None:
+            raise Refused("the bounty is below our minimum price")
+        facts = {k: getattr(note, k) for k in ("job_id", "submitter", "spec_hash", "kind", "model_hash")}
+        try:
+            await market.load_spec(note.spec_blob, facts)
+        except MarketError as e:
+            raise Refused(str(e)) from None
+        bond = min_bond(price, market.ledger.state.params.min_solver_bond_bps)
+        if market.ledger.balance() < bond:
+            raise Refused(f"our balance is too low for a bond of {bond}")
+        expires = market.ledger.height + QUOTE_BLOCKS
+        reply_send, reply = trio.open_memory_channel[str](1)
+        await self._send.send(_Quoting(note, price, bond, expires, reply_send))
+        why_not = await reply.receive()
+        if why_not:
+            raise Refused(why_not)
+        quote = Quote(
+            note.job_id, note.spec_hash, deadline_blocks, price, bond, market.encryption_key, expires
+        )
+        log.info("quote signed", job=note.job_id[:16], price=price, bond=bond, expires=expires)
+        return quote, quote.sign(market.identity, market.ledger.chain_id)
+
+    def _take_quote(self, q: _Quoting, nursery: trio.Nursery) -> str:
+        """Book a quote unless it would take us past capacity; "" when taken, else why not."""
+        job_id = q.note.job_id
+        record = self.records.get(job_id)
+        if record is not None and record.phase != "quoted":
+            return f"job {job_id} is already {record.phase} here"
+        if self._busy(but=job_id) >= self.policy.max_jobs:
+            return "at capacity"
+        if job_id not in self._quotes:
+            nursery.start_soon(self._prefetch_model, q.note)  # while the job is being posted
+        self._quotes[job_id] = (q.note, q.expires)
+        record = WorkRecord(job_id, price=q.price, bond=q.bond)
+        record.mark("quoted")
+        self.records[job_id] = record
+        return ""
+
+    def _busy(self, but: str = "") -> int:
+        """Jobs we run plus live quotes (each may win us a job), not counting job `but`."""
+        height = self.market.ledger.height
+        live = sum(1 for job_id, (_, expires) in self._quotes.items() if expires >= height and job_id != but)
+        return len(self._working) + live
+
+    def _prune_quotes(self, state: State) -> None:
+        """Drop the quotes that won a job (now worked on) or expired without one."""
+        me = self.market.ledger.address
+        for job_id, (_, expires) in list(self._quotes.items()):
+            job = state.jobs.get(job_id)
+            if job is not None and job.solver == me:
+                del self._quotes[job_id]
+            elif state.height > expires:
+                del self._quotes[job_id]
+                record = self.records.get(job_id)
+                if record is not None and record.phase == "quoted":
+                    record.mark("not awarded")
+
+    # ---- bidding ----------------------------------------------------------------------------------
 
     async def _bid(self, note: wire.JobNote, price: int) -> None:
         async with trio.open_nursery() as nursery:
@@ -285,6 +382,9 @@ class Solver:
 
     async def _place_bid(self, note: wire.JobNote, price: int) -> _BidOutcome:
         market = self.market
+        known = market.ledger.job(note.job_id)
+        if known is not None and known["status"] != "open":  # e.g. awarded at post (quotes.py)
+            raise MarketError(f"job {note.job_id} is {known['status']}, not open for bids")
         await self._fetch_spec(note)  # while the job_post is being included
         job, seen_at = market.ledger.job(note.job_id), market.ledger.height
         while job is None and market.ledger.height < seen_at + BID_WAIT_BLOCKS:  # our ledger may lag
@@ -365,7 +465,10 @@ class Solver:
             job = state.jobs[job_id]
             if state.height >= job.assigned_height + job.deadline_blocks:
                 continue  # too late to commit: the ledger marks it missed
-            note = self.market.book.jobs.get((job_id, job.submitter)) or self._journaled_note(job_id)
+            quoted = self._quotes.get(job_id, (None, 0))[0]
+            note = (
+                self.market.book.jobs.get((job_id, job.submitter)) or quoted or self._journaled_note(job_id)
+            )
             if note is None:
                 continue  # the submitter re-announces its jobs until they settle
             record = self.records.get(job_id) or WorkRecord(job_id)
@@ -374,6 +477,7 @@ class Solver:
             self.records[job_id] = record
             self._working.add(job_id)
             nursery.start_soon(self._work, note, record)
+        self._prune_quotes(state)
 
     # ---- the journal (restarts) -----------------------------------------------------------------
 

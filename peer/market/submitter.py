@@ -30,6 +30,7 @@ cancelled / reversed), the solver's last progress report and this peer's own rec
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,16 +39,18 @@ import structlog
 import trio
 
 from compute.errors import ComputeError
-from compute.jobs import JobSpec, decode_job
+from compute.jobs import InferenceSpec, JobSpec, decode_job
 from gossip.blobs import BlobError
-from ledger.jobs import job_id_for, jobs_by_status
-from peer.market import wire
-from peer.market.bundles import check_result
+from ledger.jobs import award_job_id, job_id_for, jobs_by_status
+from peer.market import quotes, wire
+from peer.market.bundles import Result, check_result
+from peer.market.challenger import Material
 from peer.market.errors import BadRequest, MarketError, NotFound, TxFailed, Unavailable
 from peer.market.journal import Journal, note_from_json, note_to_json
 from peer.market.models import model_blob_for_job
 from peer.market.sealed import SealError, open_sealed, seal
 from peer.market.specs import build_spec
+from peer.market.verifier import first_bad, sampled_leaves
 
 if TYPE_CHECKING:
     from peer.market.service import MarketService
@@ -62,6 +65,8 @@ RESULT_RETRY_S = 2.0
 RESULT_WAIT_S = 300.0  # how long a settled job's follow task may still wait for the result
 ORPHAN_BLOCKS = 100  # a journaled job the ledger still does not know this many blocks later was never posted
 JOURNAL_NAME = "submitter.json"
+AWARD_SALT_BYTES = 16  # a job_award's job id is derived from a fresh salt (ledger.jobs.award_job_id)
+ACCEPT_CHECK_BPS = 1_000  # share of a result's items we re-run before accepting it (at least one)
 # What restoring a journaled job may raise: a malformed record (wire.WireError is a ValueError),
 # a missing or unreadable blob, a spec that no longer decodes.
 _UNUSABLE = (MarketError, BlobError, ComputeError, OSError, SealError, LookupError, TypeError, ValueError)
@@ -76,6 +81,7 @@ _REQUEST_FIELDS = {
     "deadline_blocks",
     "challenge_window_blocks",
     "requirements",
+    "accept",
 }
 NO_RESULT = {
     "open": "it is not assigned yet",
@@ -102,10 +108,15 @@ class SubmittedJob:
     error: str = ""
     heights: dict[str, int] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
+    accept: bool = False  # accept the result once our own spot check of it passes
+    accepted: str = ""  # "" (not yet), "sent", or why we did not accept
+    posted: dict[str, Any] = field(default_factory=dict)  # the post tx while it is being committed
 
     def to_json(self) -> dict[str, Any]:
         return {
             "spec": self.spec.to_wire(),
+            "accept": self.accept,
+            "accepted": self.accepted,
             "input_blob": self.input_blob,
             "result_blob": self.result_blob,
             "verified": self.verified,
@@ -122,6 +133,7 @@ class SubmittedJob:
             "own_input_blob": self.own_input_blob,
             "input_blob": self.input_blob,
             "result_blob": self.result_blob if self.verified else "",
+            "accept": self.accept and not self.accepted,
             "heights": dict(self.heights),
             "seen_at": seen_at,
         }
@@ -199,6 +211,9 @@ class Submitter:
             ),
             "requirements": req.get("requirements") or {},
         }
+        accept = req.get("accept", kind == "inference")
+        if not isinstance(accept, bool):
+            raise BadRequest("'accept' must be true or false")
         model_blob, model = await model_blob_for_job(market, model_hash)
         private = await market.in_thread(_read_file, req.get("inputs_path") or req.get("dataset_path"))
         spec_params = req.get("spec") or {}
@@ -208,24 +223,82 @@ class Submitter:
         spec_blob = await market.put_blob(spec.encode())
         body |= {"spec_hash": spec.hash, "model_hash": model_hash, "kind": kind, "bounty": bounty}
         seen_at = ledger.height
+        if body["bid_window_blocks"] == 0:
+            job = await self._award(body, spec, spec_blob, model_blob, private, accept)
+            if job is not None:
+                return await self._posted(job, seen_at, "job_award")
+            log.info("no solver quoted: posting with a bid window", blocks=DEFAULT_BID_WINDOW)
+            body["bid_window_blocks"] = DEFAULT_BID_WINDOW
         posted = await ledger.post("job_post", body)
         job_id = job_id_for(ledger.chain_id, ledger.address, posted["nonce"])
-        note = wire.JobNote(
-            job_id, spec.hash, spec_blob, model_hash, model_blob, kind, bounty,
-            dict(body["requirements"]), ledger.address, private is not None,
-        )  # fmt: skip
-        job = SubmittedJob(job_id, note, spec)
+        job = SubmittedJob(
+            job_id, self._note(job_id, body, spec_blob, model_blob, private), spec, accept=accept
+        )
         if private is not None:  # only the sealed form is kept, from here on
             own = await market.in_thread(seal, market.encryption_key, private, job_id.encode())
             job.own_input_blob = await market.put_blob(own)
         del private
+        await market.publish(job.note)  # before the commit: solvers get ready while it is included
+        return await self._posted(job, seen_at, "job_post", posted)
+
+    def _note(
+        self, job_id: str, body: dict[str, Any], spec_blob: str, model_blob: str, private: bytes | None
+    ) -> wire.JobNote:
+        return wire.JobNote(
+            job_id, body["spec_hash"], spec_blob, body["model_hash"], model_blob, body["kind"],
+            body["bounty"], dict(body["requirements"]), self.market.ledger.address, private is not None,
+        )  # fmt: skip
+
+    async def _award(
+        self,
+        body: dict[str, Any],
+        spec: JobSpec,
+        spec_blob: str,
+        model_blob: str,
+        private: bytes | None,
+        accept: bool,
+    ) -> SubmittedJob | None:
+        """Ask solvers for quotes and post the job awarded to the best (quotes.py); None when no
+        solver quoted (nothing was posted). Raises MarketError when the job_award is refused."""
+        market, ledger = self.market, self.market.ledger
+        salt = secrets.token_bytes(AWARD_SALT_BYTES)
+        job_id = award_job_id(ledger.chain_id, ledger.address, salt)
+        note = self._note(job_id, body, spec_blob, model_blob, private)
+        deadline = body["deadline_blocks"]
+        won = quotes.best(ledger.state, body["bounty"], await quotes.ask(market, note, deadline))
+        if won is None:
+            return None
+        job = SubmittedJob(job_id, note, spec, accept=accept)
+        context = job_id.encode()
+        if private is not None:  # sealed to the winner now: it gets it as soon as the award commits
+            own, sealed = await market.in_thread(
+                _seal_twice, market.encryption_key, won.quote.encryption_key, private, context
+            )
+            job.own_input_blob, job.input_blob = await market.put_blob(own), await market.put_blob(sealed)
+        canary = await market.canaries.prepare(job_id, spec.hash)
+        award = {k: v for k, v in body.items() if k != "bid_window_blocks"}
+        award |= won.award_fields() | {"job_salt": salt, "canary": canary}
+        try:
+            job.posted = await ledger.post("job_award", award)
+        except TxFailed:
+            market.canaries.discard(job_id)
+            raise
+        log.info("job awarded to a quote", job=job_id[:16], solver=won.solver, price=won.quote.price)
+        return job
+
+    async def _posted(
+        self, job: SubmittedJob, seen_at: int, tx_type: str, posted: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Journal a job whose post tx was sent, wait for its commit and start following it."""
+        market, ledger, job_id = self.market, self.market.ledger, job.job_id
+        posted = posted or job.posted
         self._seen_at[job_id] = seen_at
         await self._journal(job)  # before the commit: a restart from here on still follows the job
-        await market.publish(note)  # before the commit: solvers get ready while it is included
         try:
-            posted = await ledger.committed("job_post", posted)
+            posted = await ledger.committed(tx_type, posted)
         except TxFailed:
             await self._forget(job_id)
+            market.canaries.discard(job_id)
             raise
         except Unavailable:
             await self._hand_over(job)  # it may still be committed: follow it (dropped if it never is)
@@ -233,7 +306,9 @@ class Submitter:
         job.heights["posted"], job.times["posted"] = posted["height"], time.time()
         await self._journal(job)
         await self._hand_over(job)
-        log.info("job posted", job=job_id[:16], kind=kind, bounty=bounty, height=posted["height"])
+        log.info(
+            "job posted", job=job_id[:16], kind=job.note.kind, bounty=job.note.bounty, height=posted["height"]
+        )
         return self.view(job_id)
 
     async def _hand_over(self, job: SubmittedJob) -> None:
@@ -335,7 +410,46 @@ class Submitter:
             job.times["verified"] = time.time()
             await self._journal(job)
             log.info("result verified", job=job.job_id[:16], output=result.output_hash[:16])
+            if job.accept:
+                await self._accept(job, record, result)
             return
+
+    async def _accept(self, job: SubmittedJob, record: dict[str, Any], result: Result) -> None:
+        """Spot-check the result ourselves (a secret sample the solver cannot predict) and, when it
+        passes, accept it: the job finalizes at once instead of at the end of its challenge window."""
+        market, job_id = self.market, job.job_id
+        if market.canaries.is_real(job_id):
+            job.accepted = "not accepted early: the job carries a real canary, revealed in the window"
+            return
+        try:
+            model = await market.load_model(job.note.model_hash, job.note.model_blob, [])
+            private = None
+            if job.own_input_blob:
+                own = await market.read_blob(job.own_input_blob)
+                private = await market.in_thread(open_sealed, market.x25519, own, job_id.encode())
+            material = Material(record, job.spec, model, private, result)
+            training = not isinstance(job.spec, InferenceSpec)
+            seed = secrets.token_bytes(32)
+            me = market.ledger.address
+            items = sampled_leaves(seed, job_id, me, training, len(material.leaves), ACCEPT_CHECK_BPS)
+            bad = await first_bad(market, material, items)
+        except (MarketError, BlobError, ComputeError, OSError, SealError) as e:
+            job.accepted = f"not accepted: our own check could not run: {e}"
+            log.warning("result not accepted", job=job_id[:16], error=str(e))
+            return
+        if bad is not None:
+            job.accepted = f"not accepted: our own check recomputed leaf {bad[0]} differently"
+            log.warning("result not accepted: own spot check failed", job=job_id[:16], leaf=bad[0])
+            return
+        try:
+            await market.ledger.send("job_accept", {"job_id": job_id})
+        except (TxFailed, Unavailable) as e:  # e.g. a dispute opened first
+            job.accepted = f"not accepted: {e}"
+            log.info("job_accept refused", job=job_id[:16], error=str(e))
+            return
+        job.accepted, job.times["accepted"] = "sent", time.time()
+        await self._journal(job)
+        log.info("result accepted", job=job_id[:16], checked=len(items))
 
     # ---- the journal ---------------------------------------------------------------------------
 
@@ -376,7 +490,9 @@ class Submitter:
         spec = await self.market.in_thread(decode_job, await self.market.read_blob(note.spec_blob))
         if spec.hash != note.spec_hash:
             raise MarketError("its spec blob is not the spec it announced")
-        job = SubmittedJob(job_id, note, spec, heights=dict(record["heights"]))
+        job = SubmittedJob(
+            job_id, note, spec, heights=dict(record["heights"]), accept=record.get("accept") is True
+        )
         job.own_input_blob, job.input_blob = str(record["own_input_blob"]), str(record["input_blob"])
         if record["result_blob"]:
             job.result_blob, job.verified, job.result_state = str(record["result_blob"]), True, "verified"
@@ -459,6 +575,11 @@ class Submitter:
                 raise Unavailable(f"cannot fetch the result of job {job_id}: {e}") from None
         result = await market.in_thread(check_result, data, record, spec)
         return result.output
+
+
+def _seal_twice(own_key: bytes, their_key: bytes, private: bytes, context: bytes) -> tuple[bytes, bytes]:
+    """The input sealed to our own key (kept) and to the winner's (sent)."""
+    return seal(own_key, private, context), seal(their_key, private, context)
 
 
 def _read_file(path: Any) -> bytes | None:
