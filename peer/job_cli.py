@@ -281,8 +281,8 @@ def job_submit(
         bool | None,
         typer.Option(
             "--accept/--no-accept",
-            help="Spot-check the result yourself and accept it, finalizing at once "
-            "(default: inference jobs only).",
+            help="Spot-check the result yourself and accept it, finalizing it at once "
+            "(default: leave it to verifiers until the challenge window closes).",
         ),
     ] = None,
     deadline: Annotated[int | None, typer.Option("--deadline", min=1, help="Blocks to deliver.")] = None,

@@ -2,6 +2,8 @@
 
 Peer 0 creates a model with `hivemesh model init` and registers it (royalty 5%), peers 2 and 3
 register as solvers, peer 1 submits jobs with `hivemesh job submit`. Checked:
+- an inference job submitted with no bid window is awarded in its post block to the best
+  solver quote, spot-checked and accepted by its submitter, and finalized within a few heights;
 - an inference job (private inputs, sealed to the winner) and a training job run concurrently
   and are finalized; their committed output hashes and trace roots equal a local run of the
   same spec in strict mode, and so does what `hivemesh job result` writes;
@@ -201,7 +203,13 @@ def test_inference_and_training_jobs_are_finalized_and_paid_exactly(market: Mark
         assert fetched.returncode == 0, fetched.stderr
         assert tensors_hash(decode_weights(out.read_bytes())) == view["output_hash"]
 
-    # Balances moved by exactly the price split and the fees.
+    assert_paid_exactly(market, before, after, views)
+
+
+def assert_paid_exactly(
+    market: Market, before: dict[str, Any], after: dict[str, Any], views: list[dict[str, Any]]
+) -> None:
+    """Balances moved by exactly the price split of the finalized jobs `views` and the fees."""
     p = market.params
     owner, submitter = market.peer_id(0), market.peer_id(1)
     expected = dict.fromkeys(after["accounts"], 0)
@@ -222,6 +230,34 @@ def test_inference_and_training_jobs_are_finalized_and_paid_exactly(market: Mark
     assert {k: after[k] - before[k] for k in pools} == pools
     assert (after["escrow"], after["job_bonds"], after["bid_bonds"]) == (0, 0, 0)
     assert (after["minted"], after["burned"]) == (before["minted"], before["burned"])
+
+
+def test_an_inference_job_awarded_to_a_quote_is_accepted_and_finalized_at_once(
+    market: Market, tmp_path: Path
+) -> None:
+    """No bid window: the job is assigned in its post block to the best quote, and the submitter's
+    own spot check of the result accepts it, long before the challenge window would end."""
+    x = SyntheticClasses(12, 64, (16,), 4).generate().x
+    inputs = tmp_path / "inputs.safetensors"
+    inputs.write_bytes(encode_inputs(x))
+    before = supply(market)
+    result = hivemesh("--home", market.home(1), "job", "submit", "--model", market.model.hash,
+                      "--bounty", "1000", "--inference", inputs, "--batch-size", "16",
+                      "--bid-window", "0", "--accept", "--challenge-window", "50", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    view = json.loads(result.stdout)
+    assert (view["status"], view["bid_window_blocks"]) == ("finalized", 0)
+    assert view["solver"] in (market.peer_id(2), market.peer_id(3))
+    assert view["assigned_height"] == view["post_height"]  # awarded in the block that posted it
+    accepted = lambda: get(market.api(1), f"/market/jobs/{view['job_id']}")["submitted_here"]["accepted"]  # noqa: E731
+    wait_for(lambda: accepted() == "sent", 30, "the submitter's accept")  # the tx that finalized it
+    assert view["closed_height"] < view["commit_height"] + 50  # accepted, not timed out
+    assert view["closed_height"] - view["post_height"] <= 4
+    spec = job_from_wire(view["submitted_here"]["spec"])
+    local = run_inference(spec, market.model, decode_inputs(inputs.read_bytes()))  # type: ignore[arg-type]
+    assert (view["output_hash"], view["trace_root"]) == (local.outputs_hash, local.root)
+    wait_for(lambda: supply(market)["height"] >= view["closed_height"], 60, "the payout")
+    assert_paid_exactly(market, before, supply(market), [view])
 
 
 def test_user_errors_are_one_line(market: Market, tmp_path: Path) -> None:

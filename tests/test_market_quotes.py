@@ -4,7 +4,8 @@ The market network of tests/market_net.py with the solver agent of "solver" enab
 submitted with no bid window asks the registered solvers for quotes over the quote protocol
 (peer/market/quotes.py) and is posted as a job_award: assigned in the block that posts it, its
 input sealed to the quote's key, its canary sealed by the same tx. The submitter spot-checks the
-result itself and accepts it, so the job finalizes long before its challenge window would end.
+result itself and, when asked to, accepts it: the job finalizes long before its challenge window
+would end.
 Also: what a hostile or careless requester gets from the quote handler, quotes that do not check
 out, and the fallback to a bid window when no solver quotes.
 """
@@ -72,7 +73,7 @@ async def test_an_awarded_inference_job_is_accepted_and_finalized_at_once(tmp_pa
         submitter, solver = net["submitter"], net["solver"]
         model = await _model(net, tmp_path)
         inputs = _inputs(tmp_path)
-        view = await submitter.submitter.submit(_request(model, inputs))
+        view = await submitter.submitter.submit(_request(model, inputs, accept=True))
         job_id = view["job_id"]
 
         # Awarded in the block that posted it: no bid window, the quote's terms on the ledger.
@@ -90,7 +91,8 @@ async def test_an_awarded_inference_job_is_accepted_and_finalized_at_once(tmp_pa
         assert final["closed_height"] < final["commit_height"] + CHALLENGE_WINDOW
         assert final["closed_height"] - final["post_height"] <= 4  # commit, then the submitter's accept
         local = submitter.submitter.jobs.get(job_id)
-        assert local is not None and local.verified and local.accepted == "sent"
+        assert local is not None and local.verified
+        await wait_until(lambda: local.accepted == "sent", timeout=10)  # the tx that finalized it
         spec = local.spec
         assert isinstance(spec, InferenceSpec)
         expected = run_inference(spec, model, decode_inputs(inputs.read_bytes()))
@@ -98,7 +100,7 @@ async def test_an_awarded_inference_job_is_accepted_and_finalized_at_once(tmp_pa
         assert solver.solver.records[job_id].phase in ("serving", "done", "finalized")
 
 
-async def test_training_is_not_accepted_unless_asked(tmp_path: Path) -> None:
+async def test_a_result_is_not_accepted_unless_asked(tmp_path: Path) -> None:
     async with market_net(tmp_path, {"solver": SolverPolicy()}) as net:
         submitter = net["submitter"]
         model = await _model(net, tmp_path)

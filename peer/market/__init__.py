@@ -4,7 +4,9 @@ A job's life as the market runs it (see DESIGN.md, "a job's life"):
 submitter posts job_post and gossips the announcement -> solvers bid (job_bid) -> the ledger
 assigns -> the submitter seals the input to the winner's X25519 key -> the winner runs it,
 commits (job_commit) and serves the result blob -> the submitter checks the result -> the
-ledger finalizes after the challenge window.
+ledger finalizes after the challenge window. Without a bid window the submitter asks solvers
+for signed quotes first and posts job_award, assigned in its own block; a submitter that
+spot-checks the result itself may accept it (job_accept), which finalizes it at once.
 
 - errors.py: MarketError and its typed subclasses (each with an HTTP status and a code).
 - sealed.py: the input envelope (X25519 ECDH + HKDF + ChaCha20Poly1305) and key derivation.
@@ -20,6 +22,7 @@ ledger finalizes after the challenge window.
 - behaviours.py: TEST behaviours of solvers and verifiers that cheat on purpose (honest by default).
 - checkpoints.py: the solver's checkpoint states, served over `/hivemesh/market/checkpoint/1`.
 - inputs.py: a job's private input, served by its submitter to verifiers and referees.
+- quotes.py: signed solver quotes over `/hivemesh/market/quote/1`, for jobs awarded at post.
 - defender.py: the solver's side of a dispute (reveal and bisect with Merkle proofs).
 - verifier.py: the verifier agent (spot-check sampled items, verify_report, dispute a bad result).
 - challenger.py: the challenger's side of a dispute, and the re-execution every checker shares.

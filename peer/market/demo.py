@@ -115,6 +115,8 @@ def _market_round(
             "/market/jobs",
             {
                 **common,
+                "bid_window_blocks": 0,  # awarded at post to the best solver quote...
+                "accept": True,  # ...and accepted once our own spot check passes: final at once
                 "kind": "inference",
                 "bounty": BOUNTIES["inference"],
                 "inputs_path": str(inputs_path),
@@ -122,7 +124,11 @@ def _market_round(
             },
         ),
     ]
-    say("submitted a training job (400 SGD steps) and an inference job (256 private inputs):", markup=False)
+    say(
+        "submitted a training job (400 SGD steps, 3-block auction) and an inference job "
+        "(256 private inputs, awarded to a solver quote):",
+        markup=False,
+    )
     views = _follow(submitter, [j["job_id"] for j in jobs], show)
     failed = [v for v in views if v["phase"] != "finalized"]
     if failed:

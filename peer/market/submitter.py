@@ -211,7 +211,7 @@ class Submitter:
             ),
             "requirements": req.get("requirements") or {},
         }
-        accept = req.get("accept", kind == "inference")
+        accept = req.get("accept", False)
         if not isinstance(accept, bool):
             raise BadRequest("'accept' must be true or false")
         model_blob, model = await model_blob_for_job(market, model_hash)
@@ -224,10 +224,15 @@ class Submitter:
         body |= {"spec_hash": spec.hash, "model_hash": model_hash, "kind": kind, "bounty": bounty}
         seen_at = ledger.height
         if body["bid_window_blocks"] == 0:
-            job = await self._award(body, spec, spec_blob, model_blob, private, accept)
-            if job is not None:
-                return await self._posted(job, seen_at, "job_award")
-            log.info("no solver quoted: posting with a bid window", blocks=DEFAULT_BID_WINDOW)
+            try:
+                job = await self._award(body, spec, spec_blob, model_blob, private, accept)
+                if job is not None:
+                    return await self._posted(job, seen_at, "job_award")
+                log.info("no solver quoted: posting with a bid window", blocks=DEFAULT_BID_WINDOW)
+            except TxFailed as e:
+                if e.code != "quote_expired":  # the award's own terms are at fault: say so
+                    raise
+                log.info("the quote expired before the award landed: posting with a bid window")
             body["bid_window_blocks"] = DEFAULT_BID_WINDOW
         posted = await ledger.post("job_post", body)
         job_id = job_id_for(ledger.chain_id, ledger.address, posted["nonce"])
