@@ -226,3 +226,23 @@ async def test_without_quotes_the_job_gets_a_bid_window(tmp_path: Path) -> None:
             )
         )
         assert spec.hash == view["spec_hash"]
+
+
+async def test_a_submitter_cannot_lock_a_solver_with_quotes_it_never_uses(tmp_path: Path) -> None:
+    async with market_net(tmp_path, {"solver": SolverPolicy(max_jobs=4)}) as net:
+        submitter, solver = net["submitter"], net["solver"]
+        model = await _model(net, tmp_path)
+        inputs = _inputs(tmp_path)
+        handle, me = quotes.make_handler(solver), submitter.ledger.address
+        rich = replace(await _note(submitter, model, inputs, secrets.token_hex(32)), bounty=10**12)
+        with pytest.raises(quotes.Refused, match="balance does not cover the bounty"):
+            await handle(me, quotes.request_body(rich, 50))
+        notes = [await _note(submitter, model, inputs, secrets.token_hex(32)) for _ in range(3)]
+        for note in notes[:2]:
+            await handle(me, quotes.request_body(note, 50))
+        await handle(me, quotes.request_body(notes[0], 50))  # asked again: the same slot
+        with pytest.raises(quotes.Refused, match="quotes to this submitter are still open"):
+            await handle(me, quotes.request_body(notes[2], 50))
+        assert sorted(j for j, r in solver.solver.records.items() if r.phase == "quoted") == sorted(
+            n.job_id for n in notes[:2]
+        )

@@ -18,7 +18,9 @@ Quotes (quotes.py): a submitter that wants no bid window asks us for a signed qu
 posts. `quote` decides like bidding (policy, role, price, the spec fetched and checked against
 the request, the bond within our balance) and the actor task takes the quote only while the jobs
 we run plus our live quotes stay under `max_jobs` (a quote binds us: the job may be awarded
-to us without another word). A quote lives until its expiry height; the job it wins is worked
+to us without another word), and only for a submitter whose balance covers the bounty and that
+holds fewer than MAX_QUOTES_PER_SUBMITTER live quotes of ours (a peer asking for quotes it never
+uses would otherwise lock our capacity). A quote lives until its expiry height; the job it wins is worked
 on like any job assigned to us.
 
 Work (a job assigned to us, seen in a committed state): fetch the model (checked against its
@@ -99,6 +101,7 @@ SPEC_RETRY_FIRST_S = 0.5  # ...after this long, doubling...
 SPEC_RETRY_MAX_S = 8.0  # ...up to this
 INPUT_ASK_AFTER_S = 2.0  # no input note this long after the work starts: ask the submitter...
 INPUT_RETRY_MAX_S = 16.0  # ...and again, waiting twice as long each time, up to this
+MAX_QUOTES_PER_SUBMITTER = 2  # live quotes one submitter may hold on us
 MAX_RECORDS = 1000  # jobs remembered (bids, work) for the API
 JOURNAL_NAME = "solver.json"
 LIVE_STATUSES = frozenset({"assigned", "committed", "disputed"})  # a journaled job still matters
@@ -303,6 +306,8 @@ class Solver:
         price = self.policy.price(note.bounty, note.requirements.get("max_price"))
         if price is None:
             raise Refused("the bounty is below our minimum price")
+        if market.ledger.balance(note.submitter) < note.bounty:  # a quote holds one of our slots
+            raise Refused("the submitter's balance does not cover the bounty")
         facts = {k: getattr(note, k) for k in ("job_id", "submitter", "spec_hash", "kind", "model_hash")}
         try:
             await market.load_spec(note.spec_blob, facts)
@@ -331,6 +336,10 @@ class Solver:
             return f"job {job_id} is already {record.phase} here"
         if self._busy(but=job_id) >= self.policy.max_jobs:
             return "at capacity"
+        height, submitter = self.market.ledger.height, q.note.submitter
+        theirs = {j for j, (n, exp) in self._quotes.items() if n.submitter == submitter and exp >= height}
+        if len(theirs - {job_id}) >= MAX_QUOTES_PER_SUBMITTER:  # quotes it never uses would lock our slots
+            return f"{MAX_QUOTES_PER_SUBMITTER} of our quotes to this submitter are still open"
         if job_id not in self._quotes:
             nursery.start_soon(self._prefetch_model, q.note)  # while the job is being posted
         self._quotes[job_id] = (q.note, q.expires)
