@@ -38,6 +38,8 @@ def _progress_text(view: dict[str, Any]) -> str:
 
 
 def _step_label(step: str, view: dict[str, Any]) -> str:
+    if step == "bidding" and view.get("bid_window_blocks") == 0:
+        return "awarded to a quote"  # job_award: no bid window
     if step == "bidding" and view.get("bids"):
         return f"bidding ({len(view['bids'])} bid{'s' if len(view['bids']) != 1 else ''})"
     if step == "assigned" and view.get("solver"):
@@ -47,7 +49,8 @@ def _step_label(step: str, view: dict[str, Any]) -> str:
     if step == "committed" and view.get("output_hash"):
         local = view.get("submitted_here") or {}
         checked = " ✓ result checked" if local.get("verified") else ""
-        return f"committed {view['output_hash'][:12]}…{checked}"
+        accepted = " and accepted" if checked and local.get("accepted") == "sent" else ""
+        return f"committed {view['output_hash'][:12]}…{checked}{accepted}"
     return step
 
 
