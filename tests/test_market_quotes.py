@@ -246,3 +246,19 @@ async def test_a_submitter_cannot_lock_a_solver_with_quotes_it_never_uses(tmp_pa
         assert sorted(j for j, r in solver.solver.records.items() if r.phase == "quoted") == sorted(
             n.job_id for n in notes[:2]
         )
+
+
+async def test_a_wrong_result_is_not_accepted_but_disputed(tmp_path: Path) -> None:
+    cheat = SolverPolicy(behaviour="swap-model")  # TEST behaviour: every batch from another model
+    async with market_net(tmp_path, {"solver": cheat}) as net:
+        submitter = net["submitter"]
+        await submitter.ledger.send("register", {"role": "verifier"})  # so it may open the dispute
+        model = await _model(net, tmp_path)
+        view = await submitter.submitter.submit(_request(model, _inputs(tmp_path), accept=True))
+        job_id = view["job_id"]
+        local = submitter.submitter.jobs[job_id]
+        await wait_until(lambda: local.accepted.startswith("not accepted"), timeout=120)
+        assert "recomputed leaf" in local.accepted
+        await wait_until(lambda: (submitter.ledger.job(job_id) or {}).get("status") == "disputed", timeout=60)
+        job = submitter.ledger.job(job_id) or {}
+        assert job["challenger"] == submitter.ledger.address and local.accepted.endswith("; disputed")

@@ -421,7 +421,8 @@ class Submitter:
 
     async def _accept(self, job: SubmittedJob, record: dict[str, Any], result: Result) -> None:
         """Spot-check the result ourselves (a secret sample the solver cannot predict) and, when it
-        passes, accept it: the job finalizes at once instead of at the end of its challenge window."""
+        passes, accept it: the job finalizes at once instead of at the end of its challenge window.
+        When it fails, the challenge window runs on, and we dispute the result if we may."""
         market, job_id = self.market, job.job_id
         if market.canaries.is_real(job_id):
             job.accepted = "not accepted early: the job carries a real canary, revealed in the window"
@@ -445,6 +446,12 @@ class Submitter:
         if bad is not None:
             job.accepted = f"not accepted: our own check recomputed leaf {bad[0]} differently"
             log.warning("result not accepted: own spot check failed", job=job_id[:16], leaf=bad[0])
+            if market.ledger.has_role("verifier"):  # disputes are opened by registered verifiers
+                try:
+                    await market.challenger.open(material, *bad)
+                    job.accepted += "; disputed"
+                except TxFailed as e:  # another verifier's dispute came first, or the window closed
+                    log.info("dispute not opened", job=job_id[:16], error=str(e))
             return
         try:
             await market.ledger.send("job_accept", {"job_id": job_id})
