@@ -7,6 +7,9 @@ runs directly through compute.executor in this process, then as a market job sub
 peer 1, then directly again (the baseline is the faster of the two direct runs, which both
 have the idle cluster's background load on them). Printed:
 
+- the share of a core each daemon process used during the first direct run (the idle cluster)
+  and during the market job (the solver's compute thread included, and also shown without it):
+  what the compute shares the machine with;
 - compute ratio: the solver's execution of the job inside its daemon / the direct run, in
   wall time and in CPU time of the computing thread (the cost of running next to gossip,
   consensus and the API; CPU time is less sensitive to other load on the machine);
@@ -42,7 +45,7 @@ from compute.executor import run_training
 from compute.jobs import OptimizerSpec, TrainingSpec
 from compute.models import Model
 from peer.client import ApiClient
-from peer.cluster import cluster_down, cluster_up
+from peer.cluster import Cluster, cluster_down, cluster_up
 from peer.procs import wait_for
 
 ARCH = "transformer"
@@ -86,6 +89,21 @@ def block_interval(client: ApiClient, count: int = 20) -> float:
     return (times[1] - times[0]) / 1000 / max(1, top - low)
 
 
+def process_cpu_s(pids: list[int]) -> list[float]:
+    """CPU seconds (user + system) each process has used so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = [Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split() for pid in pids]
+    return [(int(f[11]) + int(f[12])) / ticks for f in fields]
+
+
+def daemon_load(pids: list[int], run: Any) -> tuple[Any, list[float]]:
+    """`run()`'s result and the share of a core each daemon used while it ran."""
+    start, wall = process_cpu_s(pids), time.perf_counter()
+    result = run()
+    used = [b - a for a, b in zip(start, process_cpu_s(pids), strict=True)]
+    return result, [round(u / (time.perf_counter() - wall), 3) for u in used]
+
+
 def setup(root: Path, model: Model) -> list[ApiClient]:
     cluster = cluster_up(root / "cluster", 4, timeout=120)
     clients = [ApiClient(p.api_url, timeout=TIMEOUT) for p in cluster.peers]
@@ -116,6 +134,10 @@ def market_job(clients: list[ApiClient], request: dict[str, Any], until: str) ->
     solver = next(c for c in clients if c.health()["peer_id"] == view["solver"])
     work = solver.get_json(f"/market/jobs/{job_id}")["solved_here"]
     return {"start": start, "view": view, "work": work}
+
+
+def solver_index(clients: list[ApiClient], job: dict[str, Any]) -> int:
+    return next(i for i, c in enumerate(clients) if c.health()["peer_id"] == job["view"]["solver"])
 
 
 def timeline(job: dict[str, Any]) -> dict[str, float]:
@@ -152,8 +174,10 @@ def main() -> None:
         root = Path(tmp)
         try:
             clients = setup(root, model)
-            first = direct_run(model, steps)
-            train = market_job(clients, train_request, "verified")
+            pids = [p.pid for p in Cluster.load(root / "cluster").peers]  # type: ignore[union-attr]
+            first, idle_load = daemon_load(pids, lambda: direct_run(model, steps))
+            train, job_load = daemon_load(pids, lambda: market_job(clients, train_request, "verified"))
+            solver_at = solver_index(clients, train)
             second = direct_run(model, steps)
             x = WORKLOADS[ARCH][1].generate().x[:64]
             (root / "inputs.safetensors").write_bytes(encode_inputs(x))
@@ -191,6 +215,9 @@ def main() -> None:
         "end_to_end_ratio": round(e2e_s / direct_s, 4),
         "market_overhead_s": round(e2e_s - work["compute_s"], 3),
         "timeline_s": timeline(train),
+        "daemon_cores_during_direct_run": idle_load,
+        "daemon_cores_during_market_job": job_load,  # the solver's includes its compute thread
+        "solver_daemon_cores_besides_compute": round(job_load[solver_at] - work["compute_cpu_s"] / e2e_s, 3),
         "trace_roots_match": train["view"]["trace_root"] == first[2] == second[2],
         "block_interval_s": round(interval, 3),
         "inference_latency_s": round(i_latency, 3),
