@@ -21,6 +21,7 @@ spot-checks the result itself may accept it (job_accept), which finalizes it at 
 - journal.py: the agents' durable per-job records (atomic JSON files), reloaded on restart.
 - behaviours.py: TEST behaviours of solvers and verifiers that cheat on purpose (honest by default).
 - checkpoints.py: the solver's checkpoint states, served over `/hivemesh/market/checkpoint/1`.
+- writeback.py: checkpoint states written by a thread of their own while training goes on.
 - inputs.py: a job's private input, served by its submitter to verifiers and referees.
 - quotes.py: signed solver quotes over `/hivemesh/market/quote/1`, for jobs awarded at post.
 - defender.py: the solver's side of a dispute (reveal and bisect with Merkle proofs).

@@ -87,6 +87,7 @@ from peer.market.errors import MarketError
 from peer.market.inputs import InputUnavailable, open_input, request_input
 from peer.market.journal import Journal, Record, note_from_json, note_to_json
 from peer.market.quotes import QUOTE_BLOCKS, Refused
+from peer.market.writeback import written_in_background
 
 if TYPE_CHECKING:
     from peer.market.service import MarketService
@@ -734,34 +735,37 @@ def _train(
 ) -> tuple[bytes, CheckpointTrace, int]:
     """(weights, trace, first step run) of a training job, in the worker thread: an interrupted
     honest run goes on from its last recorded checkpoint, anything else starts at step 0. Every
-    state is kept in `store` for spot checks and disputes."""
+    state is kept in `store` for spot checks and disputes (written by a thread of its own:
+    writeback.py)."""
     resume = store.resume_point(job_id) if behaviour.honest else None  # TEST behaviours start afresh
     if resume is not None:
         log.info("resuming an interrupted training run", job=job_id[:16], step=resume.step)
         progress(resume.step, spec.steps)
         try:
-            weights, trace = resume_training(
-                spec,
-                model,
-                dataset,
-                resume.checkpoints,
-                resume.state,
-                progress=progress,
-                cancel=cancel,
-                on_checkpoint=store.recorder(job_id, resume),
-            )
+            with written_in_background(store.recorder(job_id, resume)) as record:
+                weights, trace = resume_training(
+                    spec,
+                    model,
+                    dataset,
+                    resume.checkpoints,
+                    resume.state,
+                    progress=progress,
+                    cancel=cancel,
+                    on_checkpoint=record,
+                )
             return weights, trace, resume.step
         except StateError as e:
             log.warning(
                 "cannot resume the interrupted run, starting from step 0", job=job_id[:16], error=str(e)
             )
-    weights, trace, _ = behaviour.train(
-        spec,
-        model,
-        dataset,
-        job_id=job_id,
-        progress=progress,
-        cancel=cancel,
-        on_checkpoint=store.recorder(job_id),
-    )
+    with written_in_background(store.recorder(job_id)) as record:
+        weights, trace, _ = behaviour.train(
+            spec,
+            model,
+            dataset,
+            job_id=job_id,
+            progress=progress,
+            cancel=cancel,
+            on_checkpoint=record,
+        )
     return weights, trace, 0
