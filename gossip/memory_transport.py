@@ -360,10 +360,14 @@ class MemoryTransport:
         handler = remote._handlers.get(protocol)
         if handler is None:
             raise ProtocolNotSupported(f"{peer} does not support protocol {protocol}")
-        assert remote._nursery is not None, "a connected peer is always serving"
+        if remote._nursery is None:
+            raise DialError(f"cannot open {protocol} to {peer}: it is not serving")
         pair = _StreamPair(conn, self)
+        try:
+            remote._nursery.start_soon(remote._run_handler, handler, pair)
+        except RuntimeError:  # its nursery is closing: the peer is shutting down, as a TCP reset
+            raise DialError(f"cannot open {protocol} to {peer}: it is shutting down") from None
         conn.streams.add(pair)
-        remote._nursery.start_soon(remote._run_handler, handler, pair)
         return pair.opener_end
 
     async def _run_handler(self, handler: StreamHandler, pair: _StreamPair) -> None:
