@@ -26,9 +26,11 @@ timers, unbonding, a scheduled validator set: deadlines counted in blocks), the 
 `idle_block_interval` when nothing does (each empty block costs every peer of the mesh a
 proposal and 2 votes per validator). Every node follows the same rule on the same state, so
 no propose timeout runs while a proposer holds back. However busy the chain, a height starts
-no sooner than `min_block_interval` after the previous decision (Tendermint's timeout_commit):
-windows the state counts in blocks (bids, challenges, disputes) then last a predictable
-minimum of wall time, and the txs that arrive meanwhile fill one bigger block.
+no sooner than `min_block_interval` after the previous decision of a block with txs
+(Tendermint's timeout_commit): windows the state counts in blocks (bids, challenges, disputes)
+then last a predictable minimum of wall time, and the txs that arrive meanwhile fill one bigger
+block. After an empty block a tx starts the next height at once: there is nothing to batch,
+and the empty block came at least an empty-block interval after the one before it.
 
 Blocks built or assembled here are kept by value id for the height in progress, so checking
 and committing a proposed block does not decode it again.
@@ -478,7 +480,9 @@ class ConsensusDriver:
         self._blocks.clear()
         self.recent_txs.add(hashes, block.txs)
         self._due = now + (self.empty_block_interval if awaits_heights(state) else self.idle_block_interval)
-        self._earliest = now + self.min_block_interval if live else now
+        # Only a block with txs holds the next one back: after an empty block there is nothing
+        # to batch, and the empty one itself came an empty-block interval after its predecessor.
+        self._earliest = now + self.min_block_interval if live and hashes else now
         self._timers_for.clear()
         self.mempool.update(hashes, state)
         self._prune_evidence()

@@ -69,3 +69,23 @@ async def test_a_busy_chain_keeps_the_minimum_block_interval(
         # One gap seen here may be short (this peer decided a height late, the next proposer on
         # time, and worker threads take real time under the mock clock), but never on average.
         assert sum(gaps) / len(gaps) >= minimum * 0.9, gaps
+
+
+async def test_after_an_empty_block_a_tx_does_not_wait_for_the_minimum_interval(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    minimum, idle = 5.0, 20.0
+    async with ledger_cluster(tmp_path, observers=0) as cluster:
+        peers = await cluster.start_all(min_block_interval=minimum, idle_block_interval=idle)
+        node = peers[0].node
+        await wait_until(lambda: min(cluster.heights()) >= 1, timeout=120)
+        await node.wait_committed(await node.submit(cluster.transfer(0, cluster.users[1].peer_id, 2)), 600)
+        sent = trio.current_time()  # just after a block with a tx: the next one waits
+        tx_hash = await node.submit(cluster.transfer(1, cluster.users[1].peer_id, 2))
+        with_tx, _, _ = await node.wait_committed(tx_hash, timeout=600)
+        assert trio.current_time() - sent >= minimum * 0.9
+        await wait_until(lambda: node.height > with_tx, timeout=600)  # then an empty block
+        sent = trio.current_time()
+        tx_hash = await node.submit(cluster.transfer(0, cluster.users[1].peer_id, 3))
+        await node.wait_committed(tx_hash, timeout=600)
+        assert trio.current_time() - sent < minimum / 2  # right after an empty block: at once
