@@ -7,7 +7,8 @@ input sealed to the quote's key, its canary sealed by the same tx. The submitter
 result itself and, when asked to, accepts it: the job finalizes long before its challenge window
 would end.
 Also: what a hostile or careless requester gets from the quote handler, quotes that do not check
-out, and the fallback to a bid window when no solver quotes.
+out, and the fallback to a bid window when no solver quotes or the quote expired before the award
+landed.
 """
 
 from __future__ import annotations
@@ -262,3 +263,24 @@ async def test_a_wrong_result_is_not_accepted_but_disputed(tmp_path: Path) -> No
         await wait_until(lambda: (submitter.ledger.job(job_id) or {}).get("status") == "disputed", timeout=60)
         job = submitter.ledger.job(job_id) or {}
         assert job["challenger"] == submitter.ledger.address and local.accepted.endswith("; disputed")
+
+
+async def test_a_quote_that_expires_before_the_award_lands_falls_back_to_a_bid_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with market_net(tmp_path, {"solver": SolverPolicy()}) as net:
+        submitter = net["submitter"]
+        model = await _model(net, tmp_path)
+        real_ask = quotes.ask
+
+        async def slow_ask(*args: Any) -> list[quotes.SignedQuote]:
+            got = await real_ask(*args)  # a real quote from the solver...
+            assert got
+            expires = max(q.quote.expires for q in got)
+            await wait_until(lambda: submitter.ledger.height >= expires, timeout=120)  # ...that expires
+            return got
+
+        monkeypatch.setattr(quotes, "ask", slow_ask)
+        view = await submitter.submitter.submit(_request(model, _inputs(tmp_path)))
+        assert view["status"] == "open" and view["bid_window_blocks"] == 3  # posted for bids instead
+        assert list(submitter.canaries.canaries) in ([], [view["job_id"]])  # the award's canary dropped
