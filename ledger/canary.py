@@ -27,8 +27,8 @@ from dataclasses import replace
 
 from ledger.accounts import debit
 from ledger.audits import settle_job
-from ledger.errors import CanaryError, NotSubmitter, UnknownJob, WrongJobStatus
-from ledger.jobs import dispute_job, settle_dispute
+from ledger.errors import CanaryError, WrongJobStatus
+from ledger.jobs import dispute_job, settle_dispute, submitted_job
 from ledger.records_disputes import Audit
 from ledger.state import Job, Journal
 from ledger.tx import Tx
@@ -41,18 +41,9 @@ def canary_commitment(expected_output_hash: str, salt: bytes) -> str:
     return hashlib.sha256(CANARY_DOMAIN + bytes.fromhex(expected_output_hash) + salt).hexdigest()
 
 
-def _submitted_job(j: Journal, job_id: str, sender: str) -> Job:
-    job = j.state.jobs.get(job_id)
-    if job is None:
-        raise UnknownJob(job_id)
-    if sender != job.submitter:
-        raise NotSubmitter(job_id, job.submitter, sender)
-    return job
-
-
 def canary_seal(j: Journal, tx: Tx, sender: str) -> None:
     job_id = tx.body["job_id"]
-    job = _submitted_job(j, job_id, sender)
+    job = submitted_job(j, job_id, sender)
     if job.status not in ("open", "assigned"):
         raise WrongJobStatus(job_id, job.status, "open or assigned (a canary is sealed before the result)")
     record = j.state.audits.get(job_id, Audit())
@@ -64,7 +55,7 @@ def canary_seal(j: Journal, tx: Tx, sender: str) -> None:
 def canary_reveal(j: Journal, tx: Tx, sender: str) -> None:
     b = tx.body
     job_id, expected = b["job_id"], b["expected_output_hash"]
-    job = _submitted_job(j, job_id, sender)
+    job = submitted_job(j, job_id, sender)
     if job.status != "committed":
         raise WrongJobStatus(job_id, job.status, "committed (inside its challenge window)")
     record = j.state.audits[job_id]

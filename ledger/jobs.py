@@ -112,6 +112,14 @@ def _job(j: Journal, job_id: str) -> Job:
     return job
 
 
+def submitted_job(j: Journal, job_id: str, sender: str) -> Job:
+    """Job `job_id`, which `sender` must have submitted (its cancel, accept and canary txs)."""
+    job = _job(j, job_id)
+    if sender != job.submitter:
+        raise NotSubmitter(job_id, job.submitter, sender)
+    return job
+
+
 def _put(j: Journal, job_id: str, job: Job) -> None:
     """Write a job and keep its timer in step with its status and due height."""
     old = j.state.jobs.get(job_id)
@@ -318,9 +326,7 @@ def job_commit(j: Journal, tx: Tx, sender: str) -> None:
 
 def job_cancel(j: Journal, tx: Tx, sender: str) -> None:
     job_id = tx.body["job_id"]
-    job = _job(j, job_id)
-    if sender != job.submitter:
-        raise NotSubmitter(job_id, job.submitter, sender)
+    job = submitted_job(j, job_id, sender)
     if job.status != "open":
         raise WrongJobStatus(job_id, job.status, "open (not yet assigned)")
     for solver, bid in _bids_of(j.state, job_id):
@@ -334,9 +340,7 @@ def job_cancel(j: Journal, tx: Tx, sender: str) -> None:
 
 def job_accept(j: Journal, tx: Tx, sender: str) -> None:
     job_id = tx.body["job_id"]
-    job = _job(j, job_id)
-    if sender != job.submitter:
-        raise NotSubmitter(job_id, job.submitter, sender)
+    job = submitted_job(j, job_id, sender)
     if job.status != "committed":
         raise WrongJobStatus(job_id, job.status, "committed (inside its challenge window)")
     _finalize(j, job_id, job)
