@@ -156,6 +156,11 @@ def unmet_requirement(
     return None
 
 
+def _check_solver(state: State, job_id: str, job: Job, solver: str, price: int, bond: int) -> None:
+    reqs = dict(job.requirements)
+    check_offer(state, job_id, job.submitter, job.bounty, reqs, solver, price, bond)
+
+
 def _unmet(state: State, job: Job, solver: str, bond: int) -> RequirementNotMet | None:
     """The first requirement of `job` that `solver` (bidding with `bond`) fails, else None."""
     return unmet_requirement(state, dict(job.requirements), solver, bond)
@@ -212,16 +217,27 @@ def _posted(j: Journal, tx: Tx, sender: str, job_id: str) -> Job:
     )
 
 
-def _check_solver(state: State, job_id: str, job: Job, solver: str, price: int, bond: int) -> None:
-    """What a bid (or a quote) by `solver` at `price` with `bond` must pass for `job`."""
-    if solver == job.submitter:
+def check_offer(
+    state: State,
+    job_id: str,
+    submitter: str,
+    bounty: int,
+    requirements: Mapping[str, int],
+    solver: str,
+    price: int,
+    bond: int,
+) -> None:
+    """What a bid or a quote by `solver` at `price` with `bond` must pass for the job of
+    `submitter` and `bounty` (its reputation and stake requirements: `unmet_requirement`).
+    Raises SelfDealing, NotRegistered, PriceTooHigh or BondTooLow."""
+    if solver == submitter:
         raise SelfDealing(job_id, solver)
     acct = state.accounts.get(solver)
     if acct is None or not acct.has_role("solver"):
         raise NotRegistered(solver, "solver")
-    if price > job.bounty:
-        raise PriceTooHigh(job.bounty, price)
-    max_price = dict(job.requirements).get("max_price")
+    if price > bounty:
+        raise PriceTooHigh(bounty, price)
+    max_price = requirements.get("max_price")
     if max_price is not None and price > max_price:
         raise PriceTooHigh(max_price, price, "max_price")
     minimum = min_bond(price, state.params.min_solver_bond_bps)

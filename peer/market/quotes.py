@@ -30,8 +30,9 @@ import structlog
 import trio
 
 from gossip.errors import GossipError
-from ledger.jobs import offer_score, unmet_requirement
-from ledger.payout import min_bond, reputation_of
+from ledger.errors import LedgerError
+from ledger.jobs import check_offer, offer_score, unmet_requirement
+from ledger.payout import reputation_of
 from ledger.quotes import Quote
 from ledger.state import State
 from peer.market import wire
@@ -135,13 +136,14 @@ def check_response(
     quote = Quote(note.job_id, note.spec_hash, deadline, price, bond, key, expires)
     if not quote.signed_by(solver, sig, chain_id):
         raise ValueError("the quote's signature is not the solver's")
-    cap = min(note.bounty, note.requirements.get("max_price", note.bounty))
-    if not 0 < price <= cap:
-        raise ValueError(f"price {price} is not in (0, {cap}]")
-    if bond < min_bond(price, state.params.min_solver_bond_bps):
-        raise ValueError(f"bond {bond} is below the minimum for price {price}")
+    if price == 0:
+        raise ValueError("a quote's price must be positive")
     if expires <= state.height:
         raise ValueError(f"the quote expires at height {expires}, we are at {state.height}")
+    try:  # what the ledger will check of the award: the same function
+        check_offer(state, note.job_id, note.submitter, note.bounty, note.requirements, solver, price, bond)
+    except LedgerError as e:
+        raise ValueError(str(e)) from None
     problem = unmet_requirement(state, note.requirements, solver, bond)
     if problem is not None:
         raise ValueError(str(problem))
