@@ -110,7 +110,6 @@ class SubmittedJob:
     times: dict[str, float] = field(default_factory=dict)
     accept: bool = False  # accept the result once our own spot check of it passes
     accepted: str = ""  # "" (not yet), "sent", or why we did not accept
-    posted: dict[str, Any] = field(default_factory=dict)  # the post tx while it is being committed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -225,9 +224,9 @@ class Submitter:
         seen_at = ledger.height
         if body["bid_window_blocks"] == 0:
             try:
-                job = await self._award(body, spec, spec_blob, model_blob, private, accept)
-                if job is not None:
-                    return await self._posted(job, seen_at, "job_award")
+                awarded = await self._award(body, spec, spec_blob, model_blob, private, accept)
+                if awarded is not None:
+                    return await self._posted(*awarded, seen_at, "job_award")
                 log.info("no solver quoted: posting with a bid window", blocks=DEFAULT_BID_WINDOW)
             except TxFailed as e:
                 if e.code != "quote_expired":  # the award's own terms are at fault: say so
@@ -244,7 +243,7 @@ class Submitter:
             job.own_input_blob = await market.put_blob(own)
         del private
         await market.publish(job.note)  # before the commit: solvers get ready while it is included
-        return await self._posted(job, seen_at, "job_post", posted)
+        return await self._posted(job, posted, seen_at, "job_post")
 
     def _note(
         self, job_id: str, body: dict[str, Any], spec_blob: str, model_blob: str, private: bytes | None
@@ -262,9 +261,10 @@ class Submitter:
         model_blob: str,
         private: bytes | None,
         accept: bool,
-    ) -> SubmittedJob | None:
-        """Ask solvers for quotes and post the job awarded to the best (quotes.py); None when no
-        solver quoted (nothing was posted). Raises MarketError when the job_award is refused."""
+    ) -> tuple[SubmittedJob, dict[str, Any]] | None:
+        """Ask solvers for quotes and post the job awarded to the best (quotes.py): the job and its
+        posted tx, or None when no solver quoted (nothing was posted). Raises MarketError when the
+        job_award is refused."""
         market, ledger = self.market, self.market.ledger
         salt = secrets.token_bytes(AWARD_SALT_BYTES)
         job_id = award_job_id(ledger.chain_id, ledger.address, salt)
@@ -284,19 +284,18 @@ class Submitter:
         award = {k: v for k, v in body.items() if k != "bid_window_blocks"}
         award |= won.award_fields() | {"job_salt": salt, "canary": canary}
         try:
-            job.posted = await ledger.post("job_award", award)
+            posted = await ledger.post("job_award", award)
         except TxFailed:
             market.canaries.discard(job_id)
             raise
         log.info("job awarded to a quote", job=job_id[:16], solver=won.solver, price=won.quote.price)
-        return job
+        return job, posted
 
     async def _posted(
-        self, job: SubmittedJob, seen_at: int, tx_type: str, posted: dict[str, Any] | None = None
+        self, job: SubmittedJob, posted: dict[str, Any], seen_at: int, tx_type: str
     ) -> dict[str, Any]:
         """Journal a job whose post tx was sent, wait for its commit and start following it."""
         market, ledger, job_id = self.market, self.market.ledger, job.job_id
-        posted = posted or job.posted
         self._seen_at[job_id] = seen_at
         await self._journal(job)  # before the commit: a restart from here on still follows the job
         try:
