@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,12 @@ from peer.market.behaviours import SolverBehaviour
 from peer.market.bundles import check_result, inference_bundle, training_bundle
 from peer.market.canaries import answer_of_settled, make_canary, reveal_height
 from peer.market.challenger import Material
+from peer.market.checkpoints import CheckpointError, fetch_checkpoint
 from peer.market.errors import MarketError
 from peer.market.referee import verdict_of
 from peer.market.verifier import Verifier, effective_rate, first_bad, sampled_leaves, segments_for
 from peer.market.voter import Observations, bonded_stake, evidence_bytes
-from tests.market_net import assign, market_net
+from tests.market_net import assign, committed, market_net
 from tests.training_job import announcement, post_job, train, training_spec
 from tests.waiting import wait_until
 
@@ -402,3 +404,36 @@ async def test_the_verifier_reports_and_its_challenger_bisects_a_fake_train_job(
         d.rounds >= (1 if bad > 1 else 0) and verifier.challenger.answered.get(dispute_id, -1) == d.rounds - 1
     )
     assert d.reason == "no_committee"  # the only validator is the solver itself
+
+
+async def test_a_tolerant_check_waits_for_the_solvers_states_and_gets_them_before_its_ledger_has_the_commit(
+    tmp_path: Path,
+) -> None:
+    """A noisy (honest) tolerant result is judged against the solver's own states. While the solver
+    does not serve them, the check raises to be retried instead of accusing, except when the
+    verifier must decide (its last attempt). The solver serves them as soon as the trace is
+    sealed, even before its own ledger has applied the commit the asker already saw."""
+    base, model = training_spec(8, 4)
+    spec = replace(base, mode="tolerant", tolerance=Tolerance("1e-5", "1e-4"))
+    _, honest = run_training(spec, model)
+    async with market_net(tmp_path) as net:
+        solver, verifier = net["solver"], net["verifier"]
+        job_id = await post_job(net, spec, model)
+        await assign(net, job_id)
+        weights, trace, _ = train(solver, job_id, spec, model, SolverBehaviour("noisy"))
+        assert trace.root != honest.root
+        # Not committed yet anywhere: the asker proves the state against the root it will see.
+        seen = {**(verifier.ledger.job(job_id) or {}), "trace_root": trace.root}
+        assert not (solver.ledger.job(job_id) or {}).get("trace_root")
+        served = await fetch_checkpoint(verifier, seen, 1)
+        assert served.step == 4 and served.state_hash == trace.checkpoints[1][1]
+
+        data, result = training_bundle(job_id, weights, trace)
+        record = await committed(net, job_id, result.commitment())
+        m = Material(record, spec, model, None, check_result(data, record, spec))
+        assert await first_bad(verifier, m, [1, 2]) is None  # within the bounds, not bitwise
+
+        await solver.in_thread(solver.checkpoints.drop, job_id)  # the states are not served now
+        with pytest.raises(CheckpointError):
+            await first_bad(verifier, m, [1, 2])
+        assert await first_bad(verifier, m, [1, 2], need_states=False) == (1, honest.checkpoints[1][1])

@@ -123,12 +123,14 @@ async def state_at(market: MarketService, m: Material, index: int) -> bytes | No
 
 
 async def check_segment_from(
-    market: MarketService, m: Material, lo: int, hi: int, claimed_hash: str
+    market: MarketService, m: Material, lo: int, hi: int, claimed_hash: str, *, need_claimed: bool = False
 ) -> SegmentCheck:
     """Re-execute the training steps from leaf `lo` to leaf `hi` and judge `claimed_hash` at `hi`.
 
-    In tolerant mode the solver's state at `hi` is fetched so the check can compare tensors.
-    Raises CheckpointError when the solver does not serve the state at `lo`.
+    In tolerant mode the solver's state at `hi` is fetched so the check can compare tensors;
+    without it a result that is not bitwise ours is judged wrong, unless `need_claimed`.
+    Raises CheckpointError when the solver does not serve the state at `lo` (or, with
+    `need_claimed`, at `hi` of a tolerant job).
     """
     assert isinstance(m.spec, TrainingSpec)
     leaves = m.leaves
@@ -138,6 +140,8 @@ async def check_segment_from(
         try:
             claimed_state = (await fetch_checkpoint(market, m.job, hi)).state
         except CheckpointError as e:
+            if need_claimed:
+                raise
             log.info("no claimed state for a tolerant check", job=m.job_id[:16], index=hi, error=str(e))
     return await _run_check(market, m, start, leaves[lo][0], leaves[hi][0], claimed_hash, claimed_state)
 

@@ -445,7 +445,9 @@ def make_handler(service: MarketService) -> Any:
         if job is None or job["solver"] != service.ledger.address:
             raise Refused(f"this peer is not the solver of job {job_id}")
         entry = service.checkpoints.entry(job_id)
-        if entry is None or entry["root"] != job["trace_root"]:
+        committed = job["trace_root"]  # "" while our own commit is not applied here yet: the
+        # asker saw it committed and proves what we send against the root on its ledger
+        if entry is None or (committed and entry["root"] != committed):
             raise Refused(f"no checkpoints of job {job_id} matching its committed trace here")
         return await service.in_thread(service.checkpoints.answer, job_id, index)
 

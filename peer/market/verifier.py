@@ -173,7 +173,7 @@ class Verifier:
             for attempt in range(RETRY_ATTEMPTS):
                 try:
                     async with self._limit:
-                        await self._honest_check(check, seed, rate_bps)
+                        await self._honest_check(check, seed, rate_bps, last=attempt + 1 == RETRY_ATTEMPTS)
                     return
                 except (MarketError, ComputeError, BlobError, OSError) as e:
                     retry = check.phase == "checking" and attempt + 1 < RETRY_ATTEMPTS
@@ -196,7 +196,9 @@ class Verifier:
         me = self.market.ledger.address
         return job is not None and job.status == "committed" and (job_id, me) not in state.reports
 
-    async def _honest_check(self, check: Check, seed: bytes, rate_bps: int) -> None:
+    async def _honest_check(self, check: Check, seed: bytes, rate_bps: int, *, last: bool) -> None:
+        """Re-run the sampled items and report; on "bad", dispute. Only the `last` attempt
+        accuses a solver that withholds a tolerant state (a transient miss is retried)."""
         market = self.market
         job = market.ledger.job(check.job_id)
         if job is None:
@@ -207,7 +209,7 @@ class Verifier:
         check.items = tuple(
             sampled_leaves(seed, check.job_id, market.identity.peer_id, training, len(m.leaves), rate)
         )
-        bad = await first_bad(market, m, list(check.items))
+        bad = await first_bad(market, m, list(check.items), need_states=not last)
         check.verdict = "ok" if bad is None else "bad"
         await self._report(check.job_id, check.verdict, seed)
         check.phase = "reported"
@@ -229,8 +231,14 @@ class Verifier:
         await self.market.ledger.send("verify_report", body)
 
 
-async def first_bad(market: MarketService, m: Material, items: list[int]) -> tuple[int, str] | None:
-    """(leaf index, recomputed hash) of the first sampled item that fails, or None when all pass."""
+async def first_bad(
+    market: MarketService, m: Material, items: list[int], *, need_states: bool = True
+) -> tuple[int, str] | None:
+    """(leaf index, recomputed hash) of the first sampled item that fails, or None when all pass.
+
+    A tolerant training check needs the solver's states: one it does not serve (yet: its ledger
+    may lag ours by a block) raises CheckpointError, unless not `need_states`, when a
+    withheld end state counts as a failed item (the dispute makes the solver show it)."""
     leaves = m.leaves
     if not items:
         return None
@@ -245,7 +253,7 @@ async def first_bad(market: MarketService, m: Material, items: list[int]) -> tup
         return None  # a trace of only the initial state: nothing was trained to check
     for lo, hi in segments_for(items):
         try:
-            seg = await check_segment_from(market, m, lo, hi, leaves[hi][1])
+            seg = await check_segment_from(market, m, lo, hi, leaves[hi][1], need_claimed=need_states)
         except CheckpointError as e:
             if m.spec.mode != "strict":
                 # Re-running a tolerant job's whole prefix accumulates drift that is no one's fault:
