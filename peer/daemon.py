@@ -32,6 +32,7 @@ import trio
 from prometheus_client import CollectorRegistry
 from structlog.stdlib import BoundLogger
 
+from compute import worker
 from gossip.dialer import Dialer
 from gossip.errors import GossipError
 from gossip.identity import Identity
@@ -291,6 +292,7 @@ def run_daemon(home: Home, config: Config, identity: Identity) -> None:
 
 async def _main(home: Home, config: Config, identity: Identity, genesis: Genesis | None) -> None:
     configure_logging(config.log_level, config.log_format)
+    worker.set_initializer(configure_logging, config.log_level, config.log_format)  # workers log alike
     log = get_logger("hivemesh.peer", peer_id=identity.peer_id)
     try:
         await _run_until_signal(home, config, identity, genesis, log)

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
+from compute import worker
 from compute.errors import ComputeError
 from compute.jobs import JobSpec, decode_job
 from compute.models import Model, warm_up
@@ -156,6 +157,8 @@ class MarketService:
         """compute.models.warm_up in a worker thread, before any agent can touch torch: torch's
         lazy imports are not safe to run in two threads at once (a circular import then fails)."""
         try:
+            if self.solver.policy.enabled:  # its jobs run in a compute worker process: start one now
+                await trio.to_thread.run_sync(worker.prestart)
             await trio.to_thread.run_sync(warm_up, abandon_on_cancel=True)
         except Exception as e:  # a slower first job, not a reason to stop the market
             log.warning("torch warm-up failed", error=repr(e))

@@ -67,12 +67,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from compute import worker
 from compute.errors import CheckpointError as StateError
 from compute.errors import ComputeError
-from compute.executor import Progress, resume_training
+from compute.executor import InferenceResult, Progress
 from compute.jobs import InferenceSpec, JobSpec, TrainingSpec
 from compute.models import Model
-from compute.trace import CheckpointTrace
 from gossip.blobs import BlobError
 from ledger.jobs import jobs_by_status
 from ledger.params import BPS
@@ -87,6 +87,7 @@ from peer.market.errors import MarketError
 from peer.market.inputs import InputUnavailable, open_input, request_input
 from peer.market.journal import Journal, Record, note_from_json, note_to_json
 from peer.market.quotes import QUOTE_BLOCKS, Refused
+from peer.market.solving import Resumed, Solved, solve
 from peer.market.writeback import written_in_background
 
 if TYPE_CHECKING:
@@ -654,33 +655,32 @@ class Solver:
     async def _execute(
         self, job_id: str, spec: JobSpec, model: Model, private: bytes | None, record: WorkRecord
     ) -> tuple[bytes, Result]:
-        """Run the job on the Executor (a worker thread); record its wall and CPU time there."""
+        """Run the job in a compute worker process, on the Executor (one device job at a time);
+        record its wall and CPU time there."""
 
         def progress(done: int, total: int) -> None:
             record.done, record.total = done, total
 
         behaviour, store = self.behaviour, self.market.checkpoints
 
-        def job(cancel: threading.Event, post: Progress) -> tuple[Any, int, float, float]:
-            wall, cpu = time.perf_counter(), time.thread_time()
-            out: Any
-            start = 0
-            if isinstance(spec, InferenceSpec):
-                out, _ = behaviour.infer(
-                    spec, model, private or b"", job_id=job_id, progress=post, cancel=cancel
-                )
-                store.seal_batches(job_id, out.batch_hashes, out.root)  # the leaves a dispute asks for
-            else:
-                weights, trace, start = _train(behaviour, store, job_id, spec, model, private, post, cancel)
-                store.seal(job_id, trace)
-                out = (weights, trace)
-            return out, start, time.perf_counter() - wall, time.thread_time() - cpu
+        def job(cancel: threading.Event, post: Progress) -> Solved:
+            if not isinstance(spec, InferenceSpec):
+                solved = _train(behaviour, store, job_id, spec, model, private, post, cancel)
+                store.seal(job_id, solved.output[1])  # type: ignore[index]
+                return solved
+            args = (behaviour, job_id, spec, model, private, None)
+            solved = worker.call(solve, args, cancel=cancel, progress=post)
+            out = solved.output
+            assert isinstance(out, InferenceResult)
+            store.seal_batches(job_id, out.batch_hashes, out.root)  # the leaves a dispute asks for
+            return solved
 
-        out, start, wall, cpu = await self.market.executor.run(job, progress)
-        record.start_step, record.times["compute_s"], record.times["compute_cpu_s"] = start, wall, cpu
-        if isinstance(spec, InferenceSpec):
-            return await self.market.in_thread(inference_bundle, job_id, out)
-        return await self.market.in_thread(training_bundle, job_id, *out)
+        solved = await self.market.executor.run(job, progress)
+        record.start_step = solved.start_step
+        record.times["compute_s"], record.times["compute_cpu_s"] = solved.wall_s, solved.cpu_s
+        if isinstance(solved.output, InferenceResult):
+            return await self.market.in_thread(inference_bundle, job_id, solved.output)
+        return await self.market.in_thread(training_bundle, job_id, *solved.output)
 
     async def _publish_progress(self, record: WorkRecord) -> None:
         sent = (-1, -1)
@@ -732,40 +732,25 @@ def _train(
     dataset: bytes | None,
     progress: Progress,
     cancel: threading.Event,
-) -> tuple[bytes, CheckpointTrace, int]:
-    """(weights, trace, first step run) of a training job, in the worker thread: an interrupted
-    honest run goes on from its last recorded checkpoint, anything else starts at step 0. Every
-    state is kept in `store` for spot checks and disputes (written by a thread of its own:
-    writeback.py)."""
+) -> Solved:
+    """A training job, run in a compute worker process (blocking: called in the Executor's
+    thread): an interrupted honest run goes on from its last recorded checkpoint, anything
+    else starts at step 0. Every state the worker sends back is kept in `store` for spot checks
+    and disputes (written by a thread of its own: writeback.py)."""
     resume = store.resume_point(job_id) if behaviour.honest else None  # TEST behaviours start afresh
     if resume is not None:
         log.info("resuming an interrupted training run", job=job_id[:16], step=resume.step)
-        progress(resume.step, spec.steps)
+        resumed = Resumed(resume.checkpoints, resume.state)
         try:
             with written_in_background(store.recorder(job_id, resume)) as record:
-                weights, trace = resume_training(
-                    spec,
-                    model,
-                    dataset,
-                    resume.checkpoints,
-                    resume.state,
-                    progress=progress,
-                    cancel=cancel,
-                    on_checkpoint=record,
+                args = (behaviour, job_id, spec, model, dataset, resumed)
+                return worker.call(
+                    solve, args, cancel=cancel, progress=progress, on_event=lambda e: record(*e)
                 )
-            return weights, trace, resume.step
         except StateError as e:
             log.warning(
                 "cannot resume the interrupted run, starting from step 0", job=job_id[:16], error=str(e)
             )
     with written_in_background(store.recorder(job_id)) as record:
-        weights, trace, _ = behaviour.train(
-            spec,
-            model,
-            dataset,
-            job_id=job_id,
-            progress=progress,
-            cancel=cancel,
-            on_checkpoint=record,
-        )
-    return weights, trace, 0
+        args = (behaviour, job_id, spec, model, dataset, None)
+        return worker.call(solve, args, cancel=cancel, progress=progress, on_event=lambda e: record(*e))
