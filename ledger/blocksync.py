@@ -230,13 +230,17 @@ class BlockSync:
 
     async def run(self) -> None:
         """Rounds forever: on each hint still standing after HINT_GRACE, and a random poll every
-        poll_interval (jittered)."""
+        poll_interval (jittered) in which our height did not move (while consensus carries us
+        from block to block, there is nothing for a poll to find)."""
+        polled_at = self._height()
         while True:
             hint: tuple[PeerId | None, int] | None = None
             with trio.move_on_after(self.poll_interval * self.gossip.random.uniform(0.5, 1.5)):
                 hint = await self._hints_recv.receive()
             if hint is None:
-                await self.sync_round(fanout=POLL_PEERS)
+                if self._height() == polled_at:
+                    await self.sync_round(fanout=POLL_PEERS)
+                polled_at = self._height()
                 continue
             await trio.sleep(HINT_GRACE)
             if hint[1] - 1 <= self._height():
