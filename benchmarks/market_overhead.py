@@ -4,15 +4,18 @@ In one run, with a local cluster of 4 peer processes up (all validators; peer 0 
 model, peers 2 and 3 are solvers): the training loop of benchmarks/compute_direct.py (a
 small causal transformer on synthetic tokens, strict mode, sized to take about --seconds)
 runs directly through compute.executor in this process, then as a market job submitted by
-peer 1, then directly again (the baseline is the faster of the two direct runs, which both
-have the idle cluster's background load on them). Printed:
+peer 1, then directly again, --repeat times (direct, market, direct, market, ..., direct).
+Each market job is compared with the mean of the direct runs just before and after it, which
+cancels the drift of this shared machine's speed (identical direct runs differ by up to 7%
+here), and also with the faster of the two; the medians over the jobs are printed, and each
+job's own numbers under "runs":
 
 - the share of a core each daemon process used during the first direct run (the idle cluster)
-  and during the market job (the solver's compute thread included, and also shown without it):
-  what the compute shares the machine with;
-- compute ratio: the solver's execution of the job inside its daemon / the direct run, in
-  wall time and in CPU time of the computing thread (the cost of running next to gossip,
-  consensus and the API; CPU time is less sensitive to other load on the machine);
+  and during the first market job (not counting the solver's compute worker process): what
+  the compute shares the machine with;
+- compute ratio: the solver's execution of the job (in its compute worker process) / the
+  direct run, in wall time and in CPU time of the computing thread (the cost of running next
+  to gossip, consensus and the API; CPU time is less sensitive to other load on the machine);
 - end-to-end ratio: submit -> result fetched and checked by the submitter / the direct run
   (adds asking the solvers for quotes and posting the job awarded to the best one, or with
   --bid-window N the N-block auction, then the commit and the result transfer; the training
@@ -22,7 +25,8 @@ have the idle cluster's background load on them). Printed:
   post, committed, spot-checked and accepted by the submitter (or, with --no-accept, left to
   the ledger's challenge window).
 
-    .venv/bin/python benchmarks/market_overhead.py [--seconds 30] [--bid-window 0] [--no-accept] [--json]
+    .venv/bin/python benchmarks/market_overhead.py [--seconds 30] [--repeat 3] [--bid-window 0]
+        [--no-accept] [--json]
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -136,8 +141,24 @@ def market_job(clients: list[ApiClient], request: dict[str, Any], until: str) ->
     return {"start": start, "view": view, "work": work}
 
 
-def solver_index(clients: list[ApiClient], job: dict[str, Any]) -> int:
-    return next(i for i, c in enumerate(clients) if c.health()["peer_id"] == job["view"]["solver"])
+def market_run(
+    job: dict[str, Any], before: tuple[float, float, str], after: tuple[float, float, str]
+) -> dict[str, Any]:
+    """One market training job against the mean of the direct runs just before and after it
+    (drift of the shared machine's speed cancels; also against the faster of the two)."""
+    t, work = job["view"]["submitted_here"]["times"], job["work"]["times"]
+    e2e_s = t["verified"] - job["start"]
+    wall, cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    return {
+        "submit_to_verified_s": round(e2e_s, 3),
+        "solver_compute_s": round(work["compute_s"], 3),
+        "solver_compute_cpu_s": round(work["compute_cpu_s"], 3),
+        "end_to_end_ratio": round(e2e_s / wall, 4),
+        "end_to_end_ratio_vs_fastest": round(e2e_s / min(before[0], after[0]), 4),
+        "compute_ratio_wall": round(work["compute_s"] / wall, 4),
+        "compute_ratio_cpu": round(work["compute_cpu_s"] / cpu, 4),
+        "market_overhead_s": round(e2e_s - work["compute_s"], 3),
+    }
 
 
 def timeline(job: dict[str, Any]) -> dict[str, float]:
@@ -154,6 +175,9 @@ def main() -> None:
         "--bid-window", type=int, default=0, help="bid window of the market jobs in blocks (0: quotes)"
     )
     parser.add_argument("--no-accept", action="store_true", help="no early accept of the inference job")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="market training jobs, each between direct runs"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args()
 
@@ -176,9 +200,12 @@ def main() -> None:
             clients = setup(root, model)
             pids = [p.pid for p in Cluster.load(root / "cluster").peers]  # type: ignore[union-attr]
             first, idle_load = daemon_load(pids, lambda: direct_run(model, steps))
-            train, job_load = daemon_load(pids, lambda: market_job(clients, train_request, "verified"))
-            solver_at = solver_index(clients, train)
-            second = direct_run(model, steps)
+            directs, trains, job_load = [first], [], []
+            for _ in range(args.repeat):  # direct, market, direct, market, ..., direct
+                train, load = daemon_load(pids, lambda: market_job(clients, train_request, "verified"))
+                trains.append(train)
+                job_load = job_load or load
+                directs.append(direct_run(model, steps))
             x = WORKLOADS[ARCH][1].generate().x[:64]
             (root / "inputs.safetensors").write_bytes(encode_inputs(x))
             infer_request = {
@@ -195,9 +222,8 @@ def main() -> None:
         finally:
             cluster_down(root / "cluster")
 
-    direct_s, direct_cpu_s = min(first[0], second[0]), min(first[1], second[1])  # the least disturbed
-    t, work = train["view"]["submitted_here"]["times"], train["work"]["times"]
-    e2e_s = t["verified"] - train["start"]
+    runs = [market_run(train, directs[i], directs[i + 1]) for i, train in enumerate(trains)]
+    train = trains[0]
     i_view, i_times = infer["view"], infer["view"]["submitted_here"]["times"]
     i_latency = i_times["finalized"] - infer["start"]
     i_overhead = i_latency - infer["work"]["times"]["compute_s"]
@@ -205,20 +231,20 @@ def main() -> None:
         "benchmark": "market_overhead",
         "arch": ARCH,
         "steps": steps,
-        "direct_s": [round(first[0], 3), round(second[0], 3)],
-        "direct_cpu_s": [round(first[1], 3), round(second[1], 3)],
-        "solver_compute_s": round(work["compute_s"], 3),
-        "solver_compute_cpu_s": round(work["compute_cpu_s"], 3),
-        "compute_ratio_wall": round(work["compute_s"] / direct_s, 4),
-        "compute_ratio_cpu": round(work["compute_cpu_s"] / direct_cpu_s, 4),
-        "submit_to_verified_s": round(e2e_s, 3),
-        "end_to_end_ratio": round(e2e_s / direct_s, 4),
-        "market_overhead_s": round(e2e_s - work["compute_s"], 3),
+        "direct_s": [round(d[0], 3) for d in directs],
+        "direct_cpu_s": [round(d[1], 3) for d in directs],
+        "runs": runs,
+        "end_to_end_ratio": median(r["end_to_end_ratio"] for r in runs),
+        "compute_ratio_wall": median(r["compute_ratio_wall"] for r in runs),
+        "compute_ratio_cpu": median(r["compute_ratio_cpu"] for r in runs),
+        "end_to_end_ratio_vs_fastest_direct": median(r["end_to_end_ratio_vs_fastest"] for r in runs),
+        "market_overhead_s": median(r["market_overhead_s"] for r in runs),
         "timeline_s": timeline(train),
         "daemon_cores_during_direct_run": idle_load,
-        "daemon_cores_during_market_job": job_load,  # the solver's includes its compute thread
-        "solver_daemon_cores_besides_compute": round(job_load[solver_at] - work["compute_cpu_s"] / e2e_s, 3),
-        "trace_roots_match": train["view"]["trace_root"] == first[2] == second[2],
+        "daemon_cores_during_market_job": job_load,  # the solver's includes its compute worker
+        "trace_roots_match": {t["view"]["trace_root"] for t in trains}
+        == {d[2] for d in directs}
+        == {first[2]},
         "block_interval_s": round(interval, 3),
         "inference_latency_s": round(i_latency, 3),
         "inference_compute_s": round(infer["work"]["times"]["compute_s"], 3),

@@ -11,26 +11,31 @@ Executor's concurrency limit, progress coalescing and cancellation work as for t
 Idle workers are kept in a process-wide cache (like a thread cache) and reused; `prestart()`
 starts one ahead of the first job (a fresh worker imports torch and warms it up: seconds).
 
-Wire (a multiprocessing Pipe of pickled tuples):
-  parent -> worker  ("run", fn, args): fn is a module-level function, called as
-                    fn(*args, cancel=flag, progress=progress, emit=emit)
+Wire (pickled tuples over a socket pair, multiprocessing.connection framing):
+  parent -> worker  ("init", fn, args, modules) once (set_initializer: e.g. the daemon's logging;
+                    prestart's modules to import), then
+                    ("run", n, fn, args): job number n, fn a module-level function called as
+                    fn(*args, cancel=flag, progress=progress, emit=emit); ("cancel", n)
   worker -> parent  ("ready",) once, then per job any number of ("progress", done, total) and
                     ("event", obj) (emit: e.g. checkpoint states), then ("done", result) or
                     ("error", exception type, message, attributes)
 The worker's messages go out from a sender thread of its own, in order, so writing a big
-state to the pipe does not hold up the computation. Cancelling sets a multiprocessing Event
-that the job checks as its cancel flag (cleared before each job). Exceptions travel as type,
-message and attributes, so a ComputeError subclass with its own __init__ arrives intact.
+state to the pipe does not hold up the computation; a reader thread takes the parent's, so a
+cancel reaches the running job's flag at once. Exceptions travel as type, message and
+attributes, so a ComputeError subclass with its own __init__ arrives intact.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
+import importlib
 import os
 import pickle
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -98,21 +103,69 @@ def _watch_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _worker_main(conn: Connection, cancel: Any, parent: int, init: Init | None) -> None:
+class _Jobs:
+    """The worker's side of the pipe: a reader thread takes the parent's messages; jobs wait in
+    a queue for the main thread, and a cancel sets the flag of the job it names (also when
+    it comes before that job has started)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.cancel = threading.Event()  # the running job's flag
+        self._lock = threading.Lock()
+        self._current: int | None = None
+        self._cancelled: set[int] = set()
+        self._queue: queue.Queue[tuple[int, Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue()
+        threading.Thread(target=self._read, name="worker-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                self._queue.put(None)  # the parent closed the pipe: it is done with us
+                return
+            if message[0] == "run":
+                self._queue.put(message[1:])
+            elif message[0] == "cancel":
+                with self._lock:
+                    self._cancelled.add(message[1])
+                    if self._current == message[1]:
+                        self.cancel.set()
+
+    def next(self) -> tuple[Callable[..., Any], tuple[Any, ...]] | None:
+        """The next job (its cancel flag set up), or None once the parent is gone."""
+        item = self._queue.get()
+        if item is None:
+            return None
+        number, fn, args = item
+        with self._lock:
+            self._current = number
+            if number in self._cancelled:
+                self.cancel.set()
+            else:
+                self.cancel.clear()
+            self._cancelled = {n for n in self._cancelled if n > number}
+        return fn, args
+
+
+def serve(fd: int, parent: int) -> None:
+    """The worker process: run the parent's jobs until it closes the pipe (or is gone)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle; it stops us
     threading.Thread(target=_watch_parent, args=(parent,), name="worker-watch", daemon=True).start()
+    conn = Connection(fd)
+    _, init, init_args, preload = conn.recv()
     if init is not None:
-        init[0](*init[1])
+        init(*init_args)
     from compute.models import warm_up
 
     warm_up()  # torch's first-call costs, paid before the first job
+    for name in preload:  # and the imports its first job would make
+        importlib.import_module(name)
     send = _Sender(conn)
     send("ready")
-    while True:
-        try:
-            _, fn, args = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent closed the pipe: it is done with us
+    jobs = _Jobs(conn)
+    while (job := jobs.next()) is not None:
+        fn, args = job
 
         def progress(done: int, total: int) -> None:
             send("progress", done, total)
@@ -121,7 +174,7 @@ def _worker_main(conn: Connection, cancel: Any, parent: int, init: Init | None) 
             send("event", obj)
 
         try:
-            result = fn(*args, cancel=cancel, progress=progress, emit=emit)
+            result = fn(*args, cancel=jobs.cancel, progress=progress, emit=emit)
         except Exception as e:
             send(*_portable(e))
         else:
@@ -129,29 +182,33 @@ def _worker_main(conn: Connection, cancel: Any, parent: int, init: Init | None) 
 
 
 class _Worker:
-    """One worker process, seen from the daemon (used by one caller at a time)."""
+    """One worker process, seen from the daemon (used by one caller at a time).
 
-    def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copied threads or locks
-        self.conn, child = ctx.Pipe()
-        self.cancel = ctx.Event()
-        self.process = ctx.Process(
-            target=_worker_main,
-            args=(child, self.cancel, os.getpid(), _init),
-            name="hivemesh-compute",
-            daemon=True,
+    Started as a plain `python -c` process on one end of a socket pair rather than with
+    multiprocessing, which would re-run the daemon's main module in it.
+    """
+
+    def __init__(self, preload: tuple[str, ...] = ()) -> None:
+        ours, theirs = socket.socketpair()
+        code = f"from compute.worker import serve; serve({theirs.fileno()}, {os.getpid()})"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # import what we do
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env
         )
-        self.process.start()
-        child.close()
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.conn.send(("init", *(_init or (None, ())), preload))
         self.busy = False  # a job was sent and its end not yet received
+        self._jobs = 0
 
     def alive(self) -> bool:
-        return self.process.is_alive()
+        return self.process.poll() is None
 
     def kill(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError):
             self.process.kill()
-            self.process.join(5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
         self.conn.close()
 
     def call(
@@ -164,10 +221,10 @@ class _Worker:
         grace: float,
     ) -> Any:
         """Run fn(*args) here; see the module docstring. Kills the worker when it must be given up."""
-        self.cancel.clear()
+        self._jobs += 1
         self.busy = True
         try:
-            self.conn.send(("run", fn, args))
+            self.conn.send(("run", self._jobs, fn, args))
         except (OSError, ValueError) as e:
             self.kill()
             raise WorkerCrashed(f"the compute worker is gone: {e}") from None
@@ -175,8 +232,9 @@ class _Worker:
         failure: BaseException | None = None  # raised by our own callback: the job is stopped for it
         while True:
             if cancelled_at is None and (cancel.is_set() or failure is not None):
-                self.cancel.set()
                 cancelled_at = time.monotonic()
+                with contextlib.suppress(OSError):
+                    self.conn.send(("cancel", self._jobs))
             if cancelled_at is not None and time.monotonic() - cancelled_at > grace:
                 self.kill()
                 if failure is not None:
@@ -189,8 +247,8 @@ class _Worker:
                     continue
                 message = self.conn.recv()
             except (EOFError, OSError):
-                code = self.process.exitcode
                 self.kill()
+                code = self.process.returncode
                 raise WorkerCrashed(f"the compute worker died during the job (exit code {code})") from None
             kind = message[0]
             self.busy = kind not in ("done", "error")
@@ -241,12 +299,13 @@ def _give_back(worker: _Worker) -> None:
         _idle.append(worker)
 
 
-def prestart() -> None:
-    """Start a worker now (it warms up in the background) unless one is idle already."""
+def prestart(*preload: str) -> None:
+    """Start a worker now unless one is idle already. It warms torch up in the background and
+    imports the modules named in `preload` (those of the functions it will be called with)."""
     with _idle_lock:
         if any(w.alive() for w in _idle):
             return
-    _give_back(_Worker())
+    _give_back(_Worker(preload))
 
 
 def call(

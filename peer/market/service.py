@@ -47,7 +47,7 @@ from gossip.node import GossipNode
 from gossip.topics import TOPIC_TASKS
 from gossip.transport import Transport
 from peer.ledger_service import LedgerService
-from peer.market import checkpoints, inputs, quotes, wire
+from peer.market import checkpoints, inputs, quotes, solving, wire
 from peer.market.behaviours import VerifierBehaviour
 from peer.market.book import Book
 from peer.market.bundles import open_model_bundle
@@ -158,7 +158,7 @@ class MarketService:
         lazy imports are not safe to run in two threads at once (a circular import then fails)."""
         try:
             if self.solver.policy.enabled:  # its jobs run in a compute worker process: start one now
-                await trio.to_thread.run_sync(worker.prestart)
+                await trio.to_thread.run_sync(worker.prestart, solving.__name__)
             await trio.to_thread.run_sync(warm_up, abandon_on_cancel=True)
         except Exception as e:  # a slower first job, not a reason to stop the market
             log.warning("torch warm-up failed", error=repr(e))
