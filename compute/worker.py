@@ -75,6 +75,10 @@ class _Sender:
                 self._conn.send(message)
             except (OSError, ValueError):  # the parent is gone
                 os._exit(0)
+            except Exception as e:  # it does not pickle
+                if message[0] != "done":
+                    os._exit(1)  # the job goes on, the parent could not tell its messages apart: crash
+                self._conn.send(_portable(ComputeError(f"the job's result cannot be sent: {e}")))
 
 
 def _portable(e: BaseException) -> tuple[Any, ...]:
@@ -90,9 +94,12 @@ def _portable(e: BaseException) -> tuple[Any, ...]:
 
 def _rebuilt(kind: type[BaseException], message: str, attrs: dict[str, Any]) -> BaseException:
     """The exception a worker raised, built without its own __init__ (whose arguments differ)."""
-    e = kind.__new__(kind)
-    BaseException.__init__(e, message)
-    e.__dict__.update(attrs)
+    try:
+        e = kind.__new__(kind)
+        BaseException.__init__(e, message)
+        e.__dict__.update(attrs)
+    except Exception:
+        return ComputeError(f"{kind.__name__}: {message}")
     return e
 
 

@@ -7,6 +7,7 @@
 - cancelling stops the job (JobCancelled) and keeps the worker; a job that ignores its cancel
   flag is killed after the grace period, and so is its worker;
 - a worker that dies mid-job is reported (WorkerCrashed) and replaced by the next call;
+- a result that cannot be sent back fails the job, the worker kept;
 - a callback of ours that raises stops the job and is raised, the worker kept;
 - through the Executor, cancelling the caller's scope stops the job in the worker.
 """
@@ -23,7 +24,7 @@ import trio
 
 from compute import worker
 from compute.datasets import SyntheticClasses
-from compute.errors import HashMismatch, JobCancelled, JobSpecError
+from compute.errors import ComputeError, HashMismatch, JobCancelled, JobSpecError
 from compute.executor import CancelFlag, Progress, run_training
 from compute.jobs import OptimizerSpec, TrainingSpec
 from compute.models import Model
@@ -84,6 +85,10 @@ def ignore_cancel(*, cancel: CancelFlag, progress: Progress, emit: Any) -> None:
 
 def die(*, cancel: CancelFlag, progress: Progress, emit: Any) -> None:
     os._exit(3)
+
+
+def unpicklable(*, cancel: CancelFlag, progress: Progress, emit: Any) -> Any:
+    return threading.Lock()
 
 
 def emit_forever(*, cancel: CancelFlag, progress: Progress, emit: Any) -> int:
@@ -163,6 +168,13 @@ def test_a_worker_that_dies_is_reported_and_replaced() -> None:
         _call(die)
     after = _call(pid)
     assert after != before and _call(pid) == after
+
+
+def test_a_result_that_does_not_pickle_fails_the_job_not_the_worker() -> None:
+    before = _call(pid)
+    with pytest.raises(ComputeError, match="result cannot be sent"):
+        _call(unpicklable)
+    assert _call(pid) == before
 
 
 def test_a_callback_that_raises_stops_the_job_and_is_raised_the_worker_kept() -> None:
