@@ -12,5 +12,6 @@
 - train_state.py: the full training state at a checkpoint (weights + optimizer state).
 - executor.py: run_inference, run_training, run_training_segment (blocking, on accelerate).
 - runner.py: Executor, the trio adapter that runs jobs off the event loop.
+- worker.py: pre-started compute worker processes, so a long job runs off the daemon's GIL.
 - verify.py: check_batches / check_segment, re-execution checks of a solver's claims.
 """

@@ -17,6 +17,7 @@ spot-checks the result itself may accept it (job_accept), which finalizes it at 
 - models.py: the index of models this peer serves, registration, the model of a new job.
 - specs.py: job specs built from API requests (validated against the model).
 - solver.py: the solver agent (bid, run, commit, serve, announce).
+- solving.py: what the solver runs in its compute worker process (compute/worker.py).
 - submitter.py: the submitter agent (post, announce, seal the input, fetch and check results).
 - journal.py: the agents' durable per-job records (atomic JSON files), reloaded on restart.
 - behaviours.py: TEST behaviours of solvers and verifiers that cheat on purpose (honest by default).
