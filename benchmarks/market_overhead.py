@@ -54,6 +54,7 @@ from peer.cluster import Cluster, cluster_down, cluster_up
 from peer.procs import wait_for
 
 ARCH = "transformer"
+Direct = tuple[float, float, str]  # (wall s, CPU s, trace root) of a direct run
 TIMEOUT = 600.0
 
 
@@ -79,7 +80,7 @@ def size_steps(model: Model, seconds: float) -> int:
     return max(1, round(seconds / ((time.perf_counter() - start) / probe)))
 
 
-def direct_run(model: Model, steps: int) -> tuple[float, float, str]:
+def direct_run(model: Model, steps: int) -> Direct:
     """(wall seconds, CPU seconds of this thread, trace root) of the job run directly."""
     wall, cpu = time.perf_counter(), time.thread_time()
     _, trace = run_training(training_spec(model, steps), model)
@@ -141,9 +142,7 @@ def market_job(clients: list[ApiClient], request: dict[str, Any], until: str) ->
     return {"start": start, "view": view, "work": work}
 
 
-def market_run(
-    job: dict[str, Any], before: tuple[float, float, str], after: tuple[float, float, str]
-) -> dict[str, Any]:
+def market_run(job: dict[str, Any], before: Direct, after: Direct) -> dict[str, Any]:
     """One market training job against the mean of the direct runs just before and after it
     (drift of the shared machine's speed cancels; also against the faster of the two)."""
     t, work = job["view"]["submitted_here"]["times"], job["work"]["times"]

@@ -127,7 +127,7 @@ class Resume:
 
 class CheckpointStore:
     """Per-job index of checkpoint states kept in the blob store (thread-safe: the recorder runs
-    in the compute worker thread)."""
+    in a checkpoint writer thread, writeback.py)."""
 
     def __init__(self, blobs: BlobStore, index_dir: Path) -> None:
         self.blobs = blobs

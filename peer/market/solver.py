@@ -87,7 +87,7 @@ from peer.market.errors import MarketError
 from peer.market.inputs import InputUnavailable, open_input, request_input
 from peer.market.journal import Journal, Record, note_from_json, note_to_json
 from peer.market.quotes import QUOTE_BLOCKS, Refused
-from peer.market.solving import Resumed, Solved, solve
+from peer.market.solving import Solved, solve
 from peer.market.writeback import written_in_background
 
 if TYPE_CHECKING:
@@ -665,9 +665,7 @@ class Solver:
 
         def job(cancel: threading.Event, post: Progress) -> Solved:
             if not isinstance(spec, InferenceSpec):
-                solved = _train(behaviour, store, job_id, spec, model, private, post, cancel)
-                store.seal(job_id, solved.output[1])  # type: ignore[index]
-                return solved
+                return _train(behaviour, store, job_id, spec, model, private, post, cancel)
             args = (behaviour, job_id, spec, model, private, None)
             solved = worker.call(solve, args, cancel=cancel, progress=post)
             out = solved.output
@@ -736,21 +734,25 @@ def _train(
     """A training job, run in a compute worker process (blocking: called in the Executor's
     thread): an interrupted honest run goes on from its last recorded checkpoint, anything
     else starts at step 0. Every state the worker sends back is kept in `store` for spot checks
-    and disputes (written by a thread of its own: writeback.py)."""
+    and disputes (written by a thread of its own: writeback.py), and the trace sealed."""
     resume = store.resume_point(job_id) if behaviour.honest else None  # TEST behaviours start afresh
+    solved: Solved | None = None
     if resume is not None:
         log.info("resuming an interrupted training run", job=job_id[:16], step=resume.step)
-        resumed = Resumed(resume.checkpoints, resume.state)
         try:
             with written_in_background(store.recorder(job_id, resume)) as record:
-                args = (behaviour, job_id, spec, model, dataset, resumed)
-                return worker.call(
+                args = (behaviour, job_id, spec, model, dataset, resume)
+                solved = worker.call(
                     solve, args, cancel=cancel, progress=progress, on_event=lambda e: record(*e)
                 )
         except StateError as e:
             log.warning(
                 "cannot resume the interrupted run, starting from step 0", job=job_id[:16], error=str(e)
             )
-    with written_in_background(store.recorder(job_id)) as record:
-        args = (behaviour, job_id, spec, model, dataset, None)
-        return worker.call(solve, args, cancel=cancel, progress=progress, on_event=lambda e: record(*e))
+    if solved is None:
+        with written_in_background(store.recorder(job_id)) as record:
+            args = (behaviour, job_id, spec, model, dataset, None)
+            solved = worker.call(solve, args, cancel=cancel, progress=progress, on_event=lambda e: record(*e))
+    assert not isinstance(solved.output, InferenceResult)
+    store.seal(job_id, solved.output[1])  # every state is written by now
+    return solved

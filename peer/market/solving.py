@@ -9,7 +9,7 @@ result comes back with the wall and CPU time the computation took in the worker.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,18 +18,7 @@ from compute.jobs import InferenceSpec, JobSpec
 from compute.models import Model
 from compute.trace import CheckpointTrace
 from peer.market.behaviours import SolverBehaviour
-
-
-@dataclass(frozen=True)
-class Resumed:
-    """An interrupted run to go on with: its checkpoints (step, state hash) and its last state."""
-
-    checkpoints: tuple[tuple[int, str], ...]
-    state: bytes
-
-    @property
-    def step(self) -> int:
-        return self.checkpoints[-1][0]
+from peer.market.checkpoints import Resume
 
 
 @dataclass(frozen=True)
@@ -48,7 +37,7 @@ def solve(
     spec: JobSpec,
     model: Model,
     private: bytes | None,
-    resumed: Resumed | None,
+    resumed: Resume | None,
     *,
     cancel: CancelFlag,
     progress: Progress,
@@ -69,12 +58,11 @@ def solve(
         )
     elif resumed is not None:
         progress(resumed.step, spec.steps)
-        done: Sequence[tuple[int, str]] = resumed.checkpoints
         output = resume_training(
             spec,
             model,
             private,
-            done,
+            resumed.checkpoints,
             resumed.state,
             progress=progress,
             cancel=cancel,
